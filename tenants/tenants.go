@@ -134,8 +134,8 @@ func maxInt(a, b int64) int64 {
 // MigratePlatform creates the platform schema and applies its migrations. Concurrent
 // callers serialise on an advisory lock.
 func MigratePlatform(ctx context.Context, pool *pgxpool.Pool) error {
-	return withLock(ctx, pool, "platform", func() error {
-		if _, err := pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS platform"); err != nil {
+	return withLock(ctx, pool, "platform", func(conn *pgxpool.Conn) error {
+		if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS platform"); err != nil {
 			return fmt.Errorf("creating platform schema: %w", err)
 		}
 		db := stdlib.OpenDB(*pool.Config().ConnConfig.Copy())
@@ -153,9 +153,11 @@ func MigratePlatform(ctx context.Context, pool *pgxpool.Pool) error {
 	})
 }
 
-// withLock runs fn holding the session advisory lock named key, on a dedicated
-// connection. The lock blocks: a second operation on the same key waits its turn.
-func withLock(ctx context.Context, pool *pgxpool.Pool, key string, fn func() error) error {
+// withLock runs fn holding the session advisory lock named key. fn gets the connection
+// that holds the lock and must do its SQL there: taking a second pooled connection while
+// holding one deadlocks once every pooled connection is a waiting lock holder. The lock
+// blocks: a second operation on the same key waits its turn.
+func withLock(ctx context.Context, pool *pgxpool.Pool, key string, fn func(conn *pgxpool.Conn) error) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("acquiring lock connection: %w", err)
@@ -170,7 +172,7 @@ func withLock(ctx context.Context, pool *pgxpool.Pool, key string, fn func() err
 			conn.Conn().Close(context.WithoutCancel(ctx))
 		}
 	}()
-	return fn()
+	return fn(conn)
 }
 
 // validName refuses empty, overlong and control-character display names.
@@ -205,7 +207,7 @@ func (m *Manager) Create(ctx context.Context, slug, name string) (t Tenant, crea
 		return t, false, nil
 	}
 	err = m.operate(ctx, t.ID, "create", func(op *operation) error {
-		if _, err := m.pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{t.ID.Schema()}.Sanitize()); err != nil {
+		if _, err := op.conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{t.ID.Schema()}.Sanitize()); err != nil {
 			return fmt.Errorf("creating schema: %w", err)
 		}
 		return m.migrateLocked(ctx, t.ID, op)
@@ -295,8 +297,8 @@ func (m *Manager) SetStatus(ctx context.Context, id tenant.ID, status Status) er
 	if op == "" {
 		return apperr.Validation("invalid status", apperr.Field("status", "must be active or suspended"))
 	}
-	return m.operate(ctx, id, op, func(*operation) error {
-		tag, err := m.pool.Exec(ctx, `UPDATE platform.tenants SET status = $2, updated_at = now()
+	return m.operate(ctx, id, op, func(o *operation) error {
+		tag, err := o.conn.Exec(ctx, `UPDATE platform.tenants SET status = $2, updated_at = now()
 			WHERE id = $1 AND status IN ('active', 'suspended')`, string(id), string(status))
 		if err == nil && tag.RowsAffected() == 0 {
 			err = apperr.New(apperr.NotFound, "tenant %q not found", id)
@@ -315,21 +317,22 @@ func (m *Manager) Delete(ctx context.Context, idOrSlug, confirm string) error {
 	if confirm != string(t.Slug) {
 		return apperr.Validation("deletion not confirmed", apperr.Field("confirm", fmt.Sprintf("must repeat the tenant's slug %q", t.Slug)))
 	}
-	return m.operate(ctx, t.ID, "delete", func(*operation) error {
+	return m.operate(ctx, t.ID, "delete", func(op *operation) error {
 		// Mark first: from here no request is served for the tenant, even if the drop fails.
-		if _, err := m.pool.Exec(ctx, "UPDATE platform.tenants SET status = 'deleting', updated_at = now() WHERE id = $1", string(t.ID)); err != nil {
+		if _, err := op.conn.Exec(ctx, "UPDATE platform.tenants SET status = 'deleting', updated_at = now() WHERE id = $1", string(t.ID)); err != nil {
 			return err
 		}
-		if _, err := m.pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{t.ID.Schema()}.Sanitize()+" CASCADE"); err != nil {
+		if _, err := op.conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{t.ID.Schema()}.Sanitize()+" CASCADE"); err != nil {
 			return fmt.Errorf("dropping schema: %w", err)
 		}
-		_, err := m.pool.Exec(ctx, "UPDATE platform.tenants SET status = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1", string(t.ID))
+		_, err := op.conn.Exec(ctx, "UPDATE platform.tenants SET status = 'deleted', deleted_at = now(), updated_at = now() WHERE id = $1", string(t.ID))
 		return err
 	})
 }
 
 // operation is one row of platform.tenant_operations while it runs.
 type operation struct {
+	conn             *pgxpool.Conn
 	id               int64
 	from, to         int64
 	appliedMigration bool
@@ -337,9 +340,9 @@ type operation struct {
 
 // operate runs fn under the tenant's lock, recording the operation.
 func (m *Manager) operate(ctx context.Context, id tenant.ID, name string, fn func(*operation) error) error {
-	return withLock(ctx, m.pool, string(id), func() error {
-		op := &operation{}
-		if err := m.pool.QueryRow(ctx, `INSERT INTO platform.tenant_operations (tenant_id, operation, actor, from_version)
+	return withLock(ctx, m.pool, string(id), func(conn *pgxpool.Conn) error {
+		op := &operation{conn: conn}
+		if err := conn.QueryRow(ctx, `INSERT INTO platform.tenant_operations (tenant_id, operation, actor, from_version)
 			SELECT id, $2, $3, schema_version FROM platform.tenants WHERE id = $1 RETURNING id, from_version`,
 			string(id), name, m.actor).Scan(&op.id, &op.from); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
@@ -353,9 +356,9 @@ func (m *Manager) operate(ctx context.Context, id tenant.ID, name string, fn fun
 		if err != nil {
 			errText = err.Error()
 		}
-		_, recErr := m.pool.Exec(ctx, `UPDATE platform.tenant_operations SET finished_at = now(), to_version = $2, error = nullif($3, '')
+		_, recErr := conn.Exec(ctx, `UPDATE platform.tenant_operations SET finished_at = now(), to_version = $2, error = nullif($3, '')
 			WHERE id = $1`, op.id, op.to, errText)
-		_, recErr2 := m.pool.Exec(ctx, `UPDATE platform.tenants SET last_operation = $2, last_error = nullif($3, ''), updated_at = now()
+		_, recErr2 := conn.Exec(ctx, `UPDATE platform.tenants SET last_operation = $2, last_error = nullif($3, ''), updated_at = now()
 			WHERE id = $1`, string(id), name, errText)
 		return errors.Join(err, recErr, recErr2)
 	})
@@ -386,7 +389,7 @@ func (m *Manager) migrateLocked(ctx context.Context, id tenant.ID, op *operation
 	}
 	op.to = version
 	// Record whatever the schema truly reached, even when a later migration failed.
-	if _, err := m.pool.Exec(context.WithoutCancel(ctx), `UPDATE platform.tenants SET schema_version = $2,
+	if _, err := op.conn.Exec(context.WithoutCancel(ctx), `UPDATE platform.tenants SET schema_version = $2,
 		migrated_at = CASE WHEN $3 THEN now() ELSE migrated_at END WHERE id = $1`,
 		string(id), version, op.appliedMigration); err != nil {
 		return errors.Join(upErr, err)
