@@ -235,3 +235,24 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// StopDir stops the cluster kept in dir, if it runs. `task clean` and tests use it.
+func StopDir(ctx context.Context, dir string) error {
+	bin, err := Binaries()
+	if err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	s := &Server{Dir: abs, bin: bin}
+	asPostgres, err := needsPostgresUser()
+	if err != nil {
+		return err
+	}
+	if !s.running(ctx, asPostgres) {
+		return nil
+	}
+	return s.Stop(ctx)
+}

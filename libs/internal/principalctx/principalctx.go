@@ -13,6 +13,7 @@ type Principal struct {
 	Subject string
 	Role    string
 	Scopes  []string
+	TokenID string
 }
 
 type key struct{}

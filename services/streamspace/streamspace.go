@@ -1,0 +1,89 @@
+// Package streamspace assembles every StreamSpace service into one process: the
+// all-in-one binary for a laptop or a small install, and the system under test of the
+// end-to-end suite. Production runs the services' own binaries and scales each.
+package streamspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"streamspace.dev/libs/server"
+	"streamspace.dev/services/agent-gateway"
+	"streamspace.dev/services/catalog"
+	"streamspace.dev/services/identity"
+	"streamspace.dev/services/scheduler"
+	"streamspace.dev/services/sessions"
+	"streamspace.dev/tenants"
+)
+
+// Modules builds every service, in dependency order.
+func Modules(d server.Deps) ([]server.Module, error) {
+	builders := []func(server.Deps) (server.Module, error){
+		func(d server.Deps) (server.Module, error) { return identity.New(d) },
+		func(d server.Deps) (server.Module, error) { return catalog.New(d) },
+		func(d server.Deps) (server.Module, error) { return scheduler.New(d) },
+		func(d server.Deps) (server.Module, error) { return sessions.New(d) },
+		func(d server.Deps) (server.Module, error) { return gateway.New(d) },
+	}
+	mods := make([]server.Module, 0, len(builders))
+	for _, b := range builders {
+		m, err := b(d)
+		if err != nil {
+			return nil, err
+		}
+		mods = append(mods, m)
+	}
+	return mods, nil
+}
+
+// Migrate applies the platform migrations and brings every tenant to the current schema
+// version. The all-in-one binary runs it on start; a fleet runs `tenants migrate --all`.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) error {
+	if err := tenants.MigratePlatform(ctx, pool); err != nil {
+		return err
+	}
+	m, err := tenants.New(pool, tenants.WithLogger(logger), tenants.WithActor("streamspace"))
+	if err != nil {
+		return err
+	}
+	report, err := m.MigrateAll(ctx, tenants.MigrateOptions{})
+	logger.Info("migrations applied", "tenant_schema_version", report.Target,
+		"tenants_migrated", report.Migrated, "tenants_failed", len(report.Failed))
+	return err
+}
+
+// EnsureDatabase creates database name on the server at adminURL if it does not exist.
+func EnsureDatabase(ctx context.Context, adminURL, name string) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", redact(adminURL), err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	var dup interface{ SQLState() string }
+	if errors.As(err, &dup) && dup.SQLState() == "42P04" {
+		return nil // created by a concurrent start
+	}
+	return err
+}
+
+// redact hides a password in a URL for logs.
+func redact(u string) string {
+	cfg, err := pgx.ParseConfig(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return fmt.Sprintf("postgres://%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
+}
