@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/config"
 	"streamspace.dev/libs/run"
 	"streamspace.dev/libs/telemetry"
@@ -174,6 +175,10 @@ func Run(ctx context.Context, cfg Config, opts Options, build func(Deps) ([]Modu
 	mux.Handle("GET /healthz", run.Liveness())
 	mux.Handle("GET /readyz", ready.Handler())
 	mux.Handle("GET /metrics", telemetry.MetricsHandler(reg))
+	// Unknown routes answer in the one error format too, not net/http's text/plain.
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		apperr.WriteHTTP(w, r.URL.Path, apperr.New(apperr.NotFound, "no route for %s %s", r.Method, r.URL.Path))
+	}))
 	names := make([]string, 0, len(modules))
 	for _, m := range modules {
 		m.Register(mux)

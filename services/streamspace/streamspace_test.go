@@ -70,7 +70,7 @@ func TestAllInOneServesEveryModule(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(body, "http_server_requests_total") || !strings.Contains(body, "go_goroutines") {
 		t.Fatalf("/metrics %d:\n%.400s", code, body)
 	}
-	if code, body := get("/api/v1/nothing-here"); code != http.StatusNotFound {
+	if code, body := get("/api/v1/nothing-here"); code != http.StatusNotFound || !strings.Contains(body, `"code":"not_found"`) {
 		t.Fatalf("unknown route %d %s", code, body)
 	}
 	if got := strings.Join(names, ","); got != "identity,catalog,scheduler,sessions,agent-gateway" {
