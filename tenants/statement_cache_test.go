@@ -134,4 +134,3 @@ func TestStatementCacheHazardIsReal(t *testing.T) {
 		t.Fatal("pgx's default statement cache survived mixed schema versions; revisit tenantdb's exec-mode decision")
 	}
 }
-
