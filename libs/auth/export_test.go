@@ -1,0 +1,12 @@
+package auth
+
+// Settle waits for the fetch running now, if any, so tests can look at its outcome
+// without sleeping.
+func (s *JWKSSource) Settle() {
+	s.mu.Lock()
+	call := s.inflight
+	s.mu.Unlock()
+	if call != nil {
+		<-call.done
+	}
+}
