@@ -16,8 +16,20 @@ import (
 	"streamspace.dev/tenants/tenantstest"
 )
 
-// withExtra returns the real tenant migrations plus extra files.
-func withExtra(t testing.TB, extra map[string]string) fs.FS {
+// realTarget is the version the embedded tenant migrations lead to; test migrations are
+// numbered after it, so new real migrations never collide with them.
+func realTarget(t testing.TB) int64 {
+	t.Helper()
+	m, err := tenants.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Target()
+}
+
+// withExtra returns the real tenant migrations plus the given bodies as the next
+// versions, in order.
+func withExtra(t testing.TB, bodies ...string) fs.FS {
 	t.Helper()
 	m := fstest.MapFS{}
 	real := migrations.Tenant()
@@ -32,8 +44,9 @@ func withExtra(t testing.TB, extra map[string]string) fs.FS {
 		}
 		m[n] = &fstest.MapFile{Data: b}
 	}
-	for n, body := range extra {
-		m[n] = &fstest.MapFile{Data: []byte(body)}
+	next := realTarget(t)
+	for i, body := range bodies {
+		m[fmt.Sprintf("%05d_test_%d.sql", next+int64(i)+1, i)] = &fstest.MapFile{Data: []byte(body)}
 	}
 	return m
 }
@@ -79,15 +92,15 @@ func assertAllAt(t *testing.T, env *tenantstest.Env, ts []tenants.Tenant, versio
 			t.Errorf("%s recorded at version %d, want %d", tn.Slug, got.SchemaVersion, version)
 		}
 		var real, applied, probes int64
-		err = env.Pool.QueryRow(ctx, fmt.Sprintf(`SELECT max(version_id), count(*) FILTER (WHERE version_id = 2),
+		err = env.Pool.QueryRow(ctx, fmt.Sprintf(`SELECT max(version_id), count(*) FILTER (WHERE version_id = $1),
 			(SELECT count(*) FROM %s) FROM %s`,
 			pgx.Identifier{tn.ID.Schema(), "migration_probe"}.Sanitize(),
-			pgx.Identifier{tn.ID.Schema(), "goose_db_version"}.Sanitize())).Scan(&real, &applied, &probes)
+			pgx.Identifier{tn.ID.Schema(), "goose_db_version"}.Sanitize()), version).Scan(&real, &applied, &probes)
 		if err != nil {
 			t.Fatalf("%s: %v", tn.Slug, err)
 		}
 		if real != version || applied != 1 || probes != 1 {
-			t.Errorf("%s: schema at %d, version 2 recorded %d times, probe applied %d times", tn.Slug, real, applied, probes)
+			t.Errorf("%s: schema at %d, version %d recorded %d times, probe applied %d times", tn.Slug, real, version, applied, probes)
 		}
 	}
 }
@@ -96,16 +109,16 @@ func TestMigrateAllBringsEveryTenantToANewVersion(t *testing.T) {
 	t.Parallel()
 	env := tenantstest.New(t)
 	ts := createTenants(t, env, 3)
-	m := newManager(t, env, withExtra(t, map[string]string{"00002_probe.sql": countingMigration}))
+	m := newManager(t, env, withExtra(t, countingMigration))
 
 	report, err := m.MigrateAll(context.Background(), tenants.MigrateOptions{Workers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if report.Migrated != 3 || report.Current != 0 || report.Target != 2 {
+	if report.Migrated != 3 || report.Current != 0 || report.Target != realTarget(t)+1 {
 		t.Fatalf("report %+v", report)
 	}
-	assertAllAt(t, env, ts, 2)
+	assertAllAt(t, env, ts, m.Target())
 	status, err := m.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +137,7 @@ func TestMigrateAllResumesAfterInterruption(t *testing.T) {
 	t.Parallel()
 	env := tenantstest.New(t)
 	ts := createTenants(t, env, 6)
-	m := newManager(t, env, withExtra(t, map[string]string{"00002_probe.sql": countingMigration}))
+	m := newManager(t, env, withExtra(t, countingMigration))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := 0
@@ -156,14 +169,15 @@ func TestMigrateAllResumesAfterInterruption(t *testing.T) {
 	if report.Migrated != 6-first {
 		t.Fatalf("resumed run migrated %d, want %d", report.Migrated, 6-first)
 	}
-	assertAllAt(t, env, ts, 2)
+	assertAllAt(t, env, ts, m.Target())
 }
 
 func TestConcurrentMigrateAllAppliesEachMigrationOnce(t *testing.T) {
 	t.Parallel()
 	env := tenantstest.New(t)
 	ts := createTenants(t, env, 8)
-	f := withExtra(t, map[string]string{"00002_probe.sql": countingMigration})
+	f := withExtra(t, countingMigration)
+	target := realTarget(t) + 1
 
 	var wg sync.WaitGroup
 	reports := make([]tenants.Report, 2)
@@ -186,7 +200,7 @@ func TestConcurrentMigrateAllAppliesEachMigrationOnce(t *testing.T) {
 	if total := reports[0].Migrated + reports[1].Migrated; total != 8 {
 		t.Fatalf("the two runs applied the migration %d times across 8 tenants: %+v", total, reports)
 	}
-	assertAllAt(t, env, ts, 2)
+	assertAllAt(t, env, ts, target)
 }
 
 func TestCreateIsIdempotent(t *testing.T) {

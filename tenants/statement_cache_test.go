@@ -13,42 +13,37 @@ import (
 	"streamspace.dev/tenants/tenantstest"
 )
 
-// widgets v2 has an integer size; v3 turns it into text. A rolling migration leaves
-// tenants on both sides of that change at once.
-var widgetMigrations = map[string]string{
-	"00002_widgets.sql": `-- +goose Up
+// The first widgets migration makes an integer size; the second turns it into text. A
+// rolling migration leaves tenants on both sides of that change at once.
+const widgetsInt = `-- +goose Up
 CREATE TABLE widgets (id int PRIMARY KEY, size int NOT NULL);
 INSERT INTO widgets VALUES (1, 10), (2, 20);
 -- +goose Down
 DROP TABLE widgets;
-`,
-}
+`
 
-const widgetsV3 = `-- +goose Up
+const widgetsText = `-- +goose Up
 ALTER TABLE widgets ALTER COLUMN size TYPE text USING 'size-' || size;
 -- +goose Down
 ALTER TABLE widgets ALTER COLUMN size TYPE int USING substr(size, 6)::int;
 `
 
-// mixedVersions creates tenant old at version 2 and tenant new at version 3.
+// mixedVersions creates tenant old with the integer column and tenant new with the text
+// column.
 func mixedVersions(t *testing.T, env *tenantstest.Env) (old, new tenant.ID) {
 	t.Helper()
 	ctx := context.Background()
-	v2 := newManager(t, env, withExtra(t, widgetMigrations))
-	a, _, err := v2.Create(ctx, "old-schema", "Old")
+	older := newManager(t, env, withExtra(t, widgetsInt))
+	a, _, err := older.Create(ctx, "old-schema", "Old")
 	if err != nil {
 		t.Fatal(err)
 	}
-	v3files := map[string]string{"00003_widgets_text.sql": widgetsV3}
-	for k, v := range widgetMigrations {
-		v3files[k] = v
-	}
-	v3 := newManager(t, env, withExtra(t, v3files))
-	b, _, err := v3.Create(ctx, "new-schema", "New")
+	newer := newManager(t, env, withExtra(t, widgetsInt, widgetsText))
+	b, _, err := newer.Create(ctx, "new-schema", "New")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.SchemaVersion != 2 || b.SchemaVersion != 3 {
+	if a.SchemaVersion != older.Target() || b.SchemaVersion != newer.Target() || a.SchemaVersion == b.SchemaVersion {
 		t.Fatalf("versions %d and %d", a.SchemaVersion, b.SchemaVersion)
 	}
 	return a.ID, b.ID

@@ -461,11 +461,11 @@ func setupStatus(fs *flag.FlagSet) func(context.Context, *session) error {
 			return s.printJSON(r)
 		}
 		tw := s.table()
-		fmt.Fprintln(tw, "SLUG\tID\tSTATUS\tVERSION\tTARGET\t")
+		fmt.Fprintln(tw, "SLUG\tID\tSTATUS\tVERSION\tTARGET\tLAGGING")
 		for _, t := range r.Tenants {
-			mark := ""
+			mark := "no"
 			if t.SchemaVersion < r.Target {
-				mark = "behind"
+				mark = "yes"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", t.Slug, t.ID, t.Status, t.SchemaVersion, r.Target, mark)
 		}
