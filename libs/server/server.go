@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/config"
 	"streamspace.dev/libs/run"
 	"streamspace.dev/libs/telemetry"
@@ -48,6 +49,13 @@ type Config struct {
 	DrainDelay      time.Duration
 	ShutdownTimeout time.Duration
 	MaxConns        int
+	// Issuer and Audience are the iss and aud that access tokens must carry (and that
+	// identity signs with).
+	Issuer   string
+	Audience string
+	// JWKSURL, when set, is where the Verifier in Deps fetches identity's keys. The
+	// all-in-one binary leaves it empty and verifies with identity's keys in-process.
+	JWKSURL string
 }
 
 // Register defines the common flags on fs.
@@ -58,7 +66,13 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	config.Duration(fs, &c.DrainDelay, "drain-delay", "STREAMSPACE_DRAIN_DELAY", 0, "how long /readyz fails before listeners close on shutdown")
 	config.Duration(fs, &c.ShutdownTimeout, "shutdown-timeout", "STREAMSPACE_SHUTDOWN_TIMEOUT", run.DefaultShutdownTimeout, "deadline for draining in-flight requests")
 	config.Int(fs, &c.MaxConns, "db-max-conns", "STREAMSPACE_DB_MAX_CONNS", 20, "PostgreSQL pool size")
+	config.String(fs, &c.Issuer, "issuer", "STREAMSPACE_ISSUER", DefaultIssuer, "iss of access tokens: identity's public base URL")
+	config.String(fs, &c.Audience, "audience", "STREAMSPACE_AUDIENCE", auth.DefaultAudience, "aud of access tokens")
+	config.String(fs, &c.JWKSURL, "jwks-url", "STREAMSPACE_JWKS_URL", "", "URL of identity's JWKS (e.g. http://identity:8080"+auth.JWKSPath+"); empty in the all-in-one binary")
 }
+
+// DefaultIssuer is the iss of access tokens unless --issuer says otherwise.
+const DefaultIssuer = "streamspace"
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
@@ -80,6 +94,11 @@ func (c Config) Validate() error {
 	if c.MaxConns < 1 {
 		errs = append(errs, errors.New("--db-max-conns must be at least 1"))
 	}
+	if c.JWKSURL != "" {
+		if _, err := auth.NewJWKSSource(c.JWKSURL); err != nil {
+			errs = append(errs, fmt.Errorf("--jwks-url: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -97,6 +116,12 @@ type Deps struct {
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
 	Ready    *run.Readiness
+	// Config is the process's configuration (issuer, audience and the rest).
+	Config Config
+	// Verifier checks access tokens. Run builds it from Config.JWKSURL; without one it is
+	// nil, and the build function must supply it (the all-in-one binary uses identity's
+	// keys in-process) before handing Deps to modules that need it.
+	Verifier *auth.Verifier
 }
 
 // Module is one service mounted on the shared mux.
@@ -131,6 +156,13 @@ type Options struct {
 // Run serves the modules built by build until ctx ends or a signal arrives, then shuts
 // down in order (see package run).
 func Run(ctx context.Context, cfg Config, opts Options, build func(Deps) ([]Module, error)) error {
+	// Configs built in code (tests, e2e) may leave the token settings unset.
+	if cfg.Issuer == "" {
+		cfg.Issuer = DefaultIssuer
+	}
+	if cfg.Audience == "" {
+		cfg.Audience = auth.DefaultAudience
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -166,7 +198,17 @@ func Run(ctx context.Context, cfg Config, opts Options, build func(Deps) ([]Modu
 	reg := telemetry.NewRegistry()
 	ready := &run.Readiness{}
 	ready.AddCheck("postgres", func(ctx context.Context) error { return db.Pool().Ping(ctx) })
-	modules, err := build(Deps{DB: db, Logger: logger, Registry: reg, Ready: ready})
+	deps := Deps{DB: db, Logger: logger, Registry: reg, Ready: ready, Config: cfg}
+	if cfg.JWKSURL != "" {
+		src, err := auth.NewJWKSSource(cfg.JWKSURL, auth.WithLogger(logger))
+		if err != nil {
+			return fail(err)
+		}
+		if deps.Verifier, err = auth.NewVerifier(auth.VerifierConfig{Keys: src, Issuer: cfg.Issuer, Audience: cfg.Audience}); err != nil {
+			return fail(err)
+		}
+	}
+	modules, err := build(deps)
 	if err != nil {
 		return fail(err)
 	}
@@ -208,9 +250,18 @@ func Run(ctx context.Context, cfg Config, opts Options, build func(Deps) ([]Modu
 // Main parses flags for a binary that runs the given modules and exits when it stops.
 // It is the whole main of a single-service binary.
 func Main(name string, build func(Deps) ([]Module, error)) {
+	MainFlags(name, nil, build)
+}
+
+// MainFlags is Main for a service with settings of its own: flags, when not nil, defines
+// them on the binary's flag set before parsing (and build reads what they filled in).
+func MainFlags(name string, flags func(*flag.FlagSet), build func(Deps) ([]Module, error)) {
 	cfg := Config{Name: name}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	cfg.Register(fs)
+	if flags != nil {
+		flags(fs)
+	}
 	if err := config.Parse(fs, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)

@@ -14,17 +14,29 @@ import (
 
 	"streamspace.dev/libs/server"
 	"streamspace.dev/services/agent-gateway"
-	"streamspace.dev/services/catalog"
+	catalog "streamspace.dev/services/catalog/module"
 	"streamspace.dev/services/identity"
+	idpostgres "streamspace.dev/services/identity/postgres"
 	"streamspace.dev/services/scheduler"
 	"streamspace.dev/services/sessions"
 	"streamspace.dev/tenants"
 )
 
-// Modules builds every service, in dependency order.
-func Modules(d server.Deps) ([]server.Module, error) {
+// Modules builds every service, in dependency order. Identity comes first: the others
+// verify tokens with its keys, read in-process rather than fetched over HTTP, unless Run
+// already built a JWKS-backed verifier.
+func Modules(d server.Deps, idcfg identity.Config) ([]server.Module, error) {
 	builders := []func(server.Deps) (server.Module, error){
-		func(d server.Deps) (server.Module, error) { return identity.New(d) },
+		func(dd server.Deps) (server.Module, error) {
+			m, err := identity.New(dd, idcfg, idpostgres.New(dd.DB))
+			if err != nil {
+				return nil, err
+			}
+			if d.Verifier == nil {
+				d.Verifier = m.Verifier()
+			}
+			return m, nil
+		},
 		func(d server.Deps) (server.Module, error) { return catalog.New(d) },
 		func(d server.Deps) (server.Module, error) { return scheduler.New(d) },
 		func(d server.Deps) (server.Module, error) { return sessions.New(d) },
@@ -34,6 +46,12 @@ func Modules(d server.Deps) ([]server.Module, error) {
 	for _, b := range builders {
 		m, err := b(d)
 		if err != nil {
+			// Release what was built so far: identity runs a rotation loop.
+			for _, built := range mods {
+				if c, ok := built.(server.Closer); ok {
+					_ = c.Close(context.Background())
+				}
+			}
 			return nil, err
 		}
 		mods = append(mods, m)

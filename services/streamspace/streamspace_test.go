@@ -13,9 +13,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"streamspace.dev/libs/server"
+	"streamspace.dev/services/identity"
 	"streamspace.dev/services/streamspace"
 	"streamspace.dev/tenants/tenantstest"
 )
+
+// testKEK is a fixed key-encryption key (32 zero bytes, base64) for tests.
+const testKEK = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 
 // TestAllInOneServesEveryModule runs the all-in-one server on a real database and a real
 // socket, checks the shared routes, and shuts it down through its context.
@@ -36,7 +40,7 @@ func TestAllInOneServesEveryModule(t *testing.T) {
 				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 			}},
 			func(d server.Deps) ([]server.Module, error) {
-				mods, err := streamspace.Modules(d)
+				mods, err := streamspace.Modules(d, identity.Config{KEK: testKEK})
 				for _, m := range mods {
 					names = append(names, m.Name())
 				}

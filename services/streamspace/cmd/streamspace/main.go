@@ -8,14 +8,18 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,6 +27,7 @@ import (
 	"streamspace.dev/libs/config"
 	"streamspace.dev/libs/pgserver"
 	"streamspace.dev/libs/server"
+	"streamspace.dev/services/identity"
 	"streamspace.dev/services/streamspace"
 	"streamspace.dev/tenants/cli"
 )
@@ -75,9 +80,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 func serve(args []string, dev bool, stderr io.Writer) int {
 	name := map[bool]string{true: "dev", false: "serve"}[dev]
 	cfg := server.Config{Name: "streamspace"}
+	var idcfg identity.Config
 	fs := flag.NewFlagSet("streamspace "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg.Register(fs)
+	idcfg.Register(fs)
 	var dataDir string
 	var migrate bool
 	if dev {
@@ -100,6 +107,14 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 		}
 		cfg.DatabaseURL = url
 	}
+	if dev && idcfg.KEK == "" {
+		kek, err := devKEK(dataDir)
+		if err != nil {
+			fmt.Fprintf(stderr, "streamspace: %v\n", err)
+			return 1
+		}
+		idcfg.KEK = kek
+	}
 	opts := server.Options{OnStart: func(s server.Started) {
 		if dev {
 			fmt.Fprintf(stderr, "\nStreamSpace is running: http://%s  (health: /healthz, /readyz, metrics: /metrics)\n\n", s.Addr)
@@ -108,11 +123,50 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 	if migrate {
 		opts.Before = func(ctx context.Context, pool *pgxpool.Pool) error { return streamspace.Migrate(ctx, pool, logger) }
 	}
-	if err := server.Run(ctx, cfg, opts, streamspace.Modules); err != nil {
+	build := func(d server.Deps) ([]server.Module, error) { return streamspace.Modules(d, idcfg) }
+	if err := server.Run(ctx, cfg, opts, build); err != nil {
 		fmt.Fprintf(stderr, "streamspace: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// devKEK returns the key-encryption key kept in dataDir/kek, creating it on first use.
+// Only `streamspace dev` does this: a production key belongs in a secret store, and a key
+// lost with its data directory makes every stored signing key unreadable (identity then
+// refuses to start rather than sign with something else).
+func devKEK(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, "kek")
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	key := make([]byte, identity.KEKSize)
+	if _, err := rand.Read(key); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", err
+	}
+	enc := base64.StdEncoding.EncodeToString(key)
+	// O_EXCL: two dev processes starting at once must not each write their own key.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return devKEK(dataDir)
+	}
+	if err != nil {
+		return "", fmt.Errorf("creating %s: %w", path, err)
+	}
+	if _, err := f.WriteString(enc + "\n"); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(os.Stderr, "streamspace: generated a key-encryption key in %s\n", path)
+	return enc, nil
 }
 
 // privatePostgres starts (or reuses) the cluster in dataDir/postgres and returns the URL
