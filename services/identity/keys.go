@@ -2,12 +2,9 @@ package identity
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -15,23 +12,8 @@ import (
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/seal"
 )
-
-// KEKSize is the length of the key-encryption key: AES-256.
-const KEKSize = 32
-
-// ParseKEK decodes a base64 key-encryption key (standard or URL alphabet, padded or not).
-func ParseKEK(s string) ([]byte, error) {
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(s); err == nil {
-			if len(b) != KEKSize {
-				return nil, fmt.Errorf("the key-encryption key must be %d bytes, got %d", KEKSize, len(b))
-			}
-			return b, nil
-		}
-	}
-	return nil, errors.New("the key-encryption key must be base64")
-}
 
 // KeysConfig tunes Keys.
 type KeysConfig struct {
@@ -55,7 +37,7 @@ type KeysConfig struct {
 // the same rows, so a key created by one is used and published by all.
 type Keys struct {
 	store Store
-	aead  cipher.AEAD
+	seal  *seal.Sealer
 	cfg   KeysConfig
 	now   func() time.Time
 
@@ -79,21 +61,14 @@ const reloadEvery = 30 * time.Second
 
 // NewKeys returns Keys over store. Call Ensure before signing.
 func NewKeys(store Store, cfg KeysConfig) (*Keys, error) {
-	if len(cfg.KEK) != KEKSize {
-		return nil, fmt.Errorf("identity: the key-encryption key must be %d bytes", KEKSize)
-	}
-	block, err := aes.NewCipher(cfg.KEK)
+	sealer, err := seal.New(cfg.KEK)
 	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("identity: %w", err)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Keys{store: store, aead: aead, cfg: cfg, now: time.Now}, nil
+	return &Keys{store: store, seal: sealer, cfg: cfg, now: time.Now}, nil
 }
 
 // Ensure creates the first key, or rotates when the newest is due, then loads the keys.
@@ -129,11 +104,10 @@ func (k *Keys) rotate(ctx context.Context, due func(*SigningKey) bool) (string, 
 		return "", err
 	}
 	kid := base64.RawURLEncoding.EncodeToString(kidBytes)
-	nonce := make([]byte, k.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
+	sealed, err := k.seal.Seal(priv.Seed(), []byte(kid))
+	if err != nil {
 		return "", err
 	}
-	sealed := k.aead.Seal(nonce, nonce, priv.Seed(), []byte(kid))
 	now := k.now()
 	row := SigningKey{KID: kid, PublicKey: pub, PrivateKey: sealed, CreatedAt: now, ActivatesAt: now}
 	immediate := due == nil
@@ -168,11 +142,7 @@ func (k *Keys) reload(ctx context.Context) error {
 	}
 	keys := make([]loadedKey, 0, len(rows))
 	for _, r := range rows {
-		ns := k.aead.NonceSize()
-		if len(r.PrivateKey) < ns {
-			return fmt.Errorf("signing key %s: sealed key too short", r.KID)
-		}
-		seed, err := k.aead.Open(nil, r.PrivateKey[:ns], r.PrivateKey[ns:], []byte(r.KID))
+		seed, err := k.seal.Open(r.PrivateKey, []byte(r.KID))
 		if err != nil || len(seed) != ed25519.SeedSize {
 			// Wrong KEK, or a tampered row: refuse to sign rather than guess.
 			return fmt.Errorf("signing key %s: cannot open with the configured key-encryption key", r.KID)

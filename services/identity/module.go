@@ -10,6 +10,7 @@ import (
 
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/config"
+	"streamspace.dev/libs/seal"
 	"streamspace.dev/libs/server"
 	"streamspace.dev/tenants"
 )
@@ -47,7 +48,7 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.KEK == "" {
 		errs = append(errs, errors.New("--kek (or STREAMSPACE_KEK) is required: base64 of 32 random bytes, e.g. `openssl rand -base64 32`"))
-	} else if _, err := ParseKEK(c.KEK); err != nil {
+	} else if _, err := seal.ParseKey(c.KEK); err != nil {
 		errs = append(errs, fmt.Errorf("--kek: %w", err))
 	}
 	if (c.OperatorEmail == "") != (c.OperatorPassword == "") {
@@ -79,7 +80,7 @@ func New(d server.Deps, cfg Config, store Store) (*Module, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	kek, _ := ParseKEK(cfg.KEK)
+	kek, _ := seal.ParseKey(cfg.KEK)
 	accessTTL := cfg.AccessTTL
 	if accessTTL <= 0 {
 		accessTTL = DefaultAccessTTL

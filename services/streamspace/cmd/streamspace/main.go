@@ -8,8 +8,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,6 +24,7 @@ import (
 
 	"streamspace.dev/libs/config"
 	"streamspace.dev/libs/pgserver"
+	"streamspace.dev/libs/seal"
 	"streamspace.dev/libs/server"
 	"streamspace.dev/services/identity"
 	"streamspace.dev/services/streamspace"
@@ -142,14 +141,13 @@ func devKEK(dataDir string) (string, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("reading %s: %w", path, err)
 	}
-	key := make([]byte, identity.KEKSize)
-	if _, err := rand.Read(key); err != nil {
+	enc, err := seal.NewKey()
+	if err != nil {
 		return "", err
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return "", err
 	}
-	enc := base64.StdEncoding.EncodeToString(key)
 	// O_EXCL: two dev processes starting at once must not each write their own key.
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
