@@ -14,6 +14,7 @@ import (
 
 	"streamspace.dev/libs/server"
 	"streamspace.dev/services/agent-gateway"
+	gwpostgres "streamspace.dev/services/agent-gateway/postgres"
 	catalog "streamspace.dev/services/catalog/module"
 	"streamspace.dev/services/identity"
 	idpostgres "streamspace.dev/services/identity/postgres"
@@ -22,10 +23,18 @@ import (
 	"streamspace.dev/tenants"
 )
 
-// Modules builds every service, in dependency order. Identity comes first: the others
-// verify tokens with its keys, read in-process rather than fetched over HTTP, unless Run
-// already built a JWKS-backed verifier.
+// Modules builds every service, in dependency order, with the agent gateway's default
+// settings (its agents' listener on a free loopback port). See ModulesWithGateway.
 func Modules(d server.Deps, idcfg identity.Config) ([]server.Module, error) {
+	return ModulesWithGateway(d, idcfg, gateway.Config{})
+}
+
+// ModulesWithGateway builds every service, in dependency order. Identity comes first: the
+// others verify tokens with its keys, read in-process rather than fetched over HTTP,
+// unless Run already built a JWKS-backed verifier; the gateway consumes enrollment tokens
+// through identity's service in-process and shares its key-encryption key.
+func ModulesWithGateway(d server.Deps, idcfg identity.Config, gwcfg gateway.Config) ([]server.Module, error) {
+	var idm *identity.Module
 	builders := []func(server.Deps) (server.Module, error){
 		func(dd server.Deps) (server.Module, error) {
 			m, err := identity.New(dd, idcfg, idpostgres.New(dd.DB))
@@ -35,12 +44,13 @@ func Modules(d server.Deps, idcfg identity.Config) ([]server.Module, error) {
 			if d.Verifier == nil {
 				d.Verifier = m.Verifier()
 			}
+			idm = m
 			return m, nil
 		},
 		func(d server.Deps) (server.Module, error) { return catalog.New(d) },
 		func(d server.Deps) (server.Module, error) { return scheduler.New(d) },
 		func(d server.Deps) (server.Module, error) { return sessions.New(d) },
-		func(d server.Deps) (server.Module, error) { return gateway.New(d) },
+		func(d server.Deps) (server.Module, error) { return newGateway(d, idcfg, gwcfg, idm) },
 	}
 	mods := make([]server.Module, 0, len(builders))
 	for _, b := range builders {
@@ -57,6 +67,20 @@ func Modules(d server.Deps, idcfg identity.Config) ([]server.Module, error) {
 		mods = append(mods, m)
 	}
 	return mods, nil
+}
+
+// newGateway builds the agent gateway over identity's in-process enrollment.
+func newGateway(d server.Deps, idcfg identity.Config, cfg gateway.Config, idm *identity.Module) (server.Module, error) {
+	if cfg.KEK == "" {
+		cfg.KEK = idcfg.KEK
+	}
+	cfg = cfg.WithDefaults()
+	enroll := gateway.EnrollerFunc(func(ctx context.Context, raw string) (gateway.Enrollment, error) {
+		e, err := idm.Service().ConsumeEnrollmentToken(ctx, raw)
+		return gateway.Enrollment{Tenant: e.Tenant, TokenID: string(e.TokenID), Name: e.Name, Tags: e.Tags}, err
+	})
+	store := gwpostgres.New(d.DB, gwpostgres.Thresholds{DegradedAfter: cfg.DegradedAfter, OfflineAfter: cfg.OfflineAfter})
+	return gateway.New(d, cfg, store, enroll)
 }
 
 // Migrate applies the platform migrations and brings every tenant to the current schema
