@@ -1,26 +1,13 @@
 package streamspace_test
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"streamspace.dev/libs/auth"
-	"streamspace.dev/libs/server"
 	"streamspace.dev/services/identity"
-	"streamspace.dev/services/streamspace"
-	"streamspace.dev/tenants/tenantstest"
 )
 
 // TestCatalogFlowThroughAllInOne is issue 4's definition of done, driven through the
@@ -28,83 +15,7 @@ import (
 // imports a folder of StreamSpace v1 manifests, then browses, edits and disables the
 // templates.
 func TestCatalogFlowThroughAllInOne(t *testing.T) {
-	env := tenantstest.New(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
-			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 8, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
-			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
-				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
-			}},
-			func(d server.Deps) ([]server.Module, error) {
-				return streamspace.Modules(d, identity.Config{KEK: testKEK})
-			})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	base := "http://" + ln.Addr().String()
-	call := func(method, path, token string, body any, header http.Header, out any, want int) http.Header {
-		t.Helper()
-		var rd io.Reader
-		req, _ := http.NewRequest(method, base+path, nil)
-		switch b := body.(type) {
-		case nil:
-		case []byte:
-			rd = bytes.NewReader(b)
-			req.Header.Set("Content-Type", "application/yaml")
-		default:
-			j, _ := json.Marshal(b)
-			rd = bytes.NewReader(j)
-			req.Header.Set("Content-Type", "application/json")
-		}
-		if rd != nil {
-			req.Body = io.NopCloser(rd)
-		}
-		for k, vs := range header {
-			req.Header[k] = vs
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != want {
-			t.Fatalf("%s %s: %d, want %d: %s", method, path, resp.StatusCode, want, b)
-		}
-		if out != nil {
-			if err := json.Unmarshal(b, out); err != nil {
-				t.Fatalf("%s %s: %v: %s", method, path, err, b)
-			}
-		}
-		return resp.Header
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("never became ready")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	call := startPlane(t).call
 
 	// A tenant signs up; its owner is (at least) an admin.
 	var signup identity.SignupResult

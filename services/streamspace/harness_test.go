@@ -1,0 +1,123 @@
+package streamspace_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/server"
+	"streamspace.dev/services/identity"
+	"streamspace.dev/services/streamspace"
+	"streamspace.dev/tenants/tenantstest"
+)
+
+// plane is the all-in-one control plane running on a real socket and a fresh real
+// database for one test; the flow tests drive it only through its HTTP API.
+type plane struct {
+	t    *testing.T
+	Env  *tenantstest.Env
+	Base string
+}
+
+// startPlane runs every service in-process, as `streamspace serve --migrate` does, and
+// waits until /readyz answers. It stops when the test ends.
+func startPlane(t *testing.T) *plane {
+	t.Helper()
+	env := tenantstest.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
+			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 8, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
+			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
+				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+			}},
+			func(d server.Deps) ([]server.Module, error) {
+				return streamspace.Modules(d, identity.Config{KEK: testKEK})
+			})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server: %v", err)
+		}
+	})
+	p := &plane{t: t, Env: env, Base: "http://" + ln.Addr().String()}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			t.Fatalf("server stopped before it was ready: %v", err)
+		default:
+		}
+		resp, err := http.Get(p.Base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the control plane never became ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// call sends one request and fails the test unless the status is want. A []byte body is
+// sent as YAML, any other non-nil body as JSON; out, if not nil, receives the JSON reply.
+func (p *plane) call(method, path, token string, body any, header http.Header, out any, want int) http.Header {
+	t := p.t
+	t.Helper()
+	req, err := http.NewRequest(method, p.Base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		req.Body = io.NopCloser(bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/yaml")
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Body = io.NopCloser(bytes.NewReader(j))
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: %d, want %d: %s", method, path, resp.StatusCode, want, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+	return resp.Header
+}
