@@ -1,32 +1,321 @@
-// Package gateway is StreamSpace's agent-gateway service: the agents' outbound QUIC tunnels: enrollment, desired-state delivery, status intake and session traffic.
+// Package gateway is StreamSpace's agent-gateway service: the agents' outbound QUIC
+// tunnels, their enrollment, the agent registry, desired-state delivery and status intake.
 //
-// It follows go-kit's shape: the Service interface and its logic, then endpoints, then the
-// HTTP transport. Module mounts it on a server, alone in its own binary or beside the
-// other services in the all-in-one binary.
+// It follows go-kit's shape: this file holds the domain types and the Service and Store
+// interfaces; service.go the admin and assignment logic; endpoints.go the go-kit
+// endpoints; transport_http.go the routes and codecs; postgres/ the Store. The tunnel
+// itself lives in tunnel.go (the QUIC listener and one goroutine set per connection),
+// hub.go (which connections this replica holds, and the LISTEN loop that tells it about
+// work for them) and enroll.go with ca.go (certificates). Module (module.go) mounts the
+// whole on a server, alone in its own binary or beside the others in the all-in-one one.
+//
+// # Delivery
+//
+// session_assignments is the outbox: a row whose generation exceeds its acked_generation
+// is pending work. A write commits the row and a NOTIFY on the agent's channel in one
+// transaction; the replica that owns the agent's tunnel LISTENs on that channel and pushes
+// the change on a stream it opens. NOTIFY is lossy (a replica may be reconnecting to
+// PostgreSQL), so every connection also re-reads its pending rows periodically. On every
+// (re)connect the agent gets its full set with a checksum. The agent acknowledges the
+// generation it applied; acknowledgements only ever raise acked_generation, so duplicates
+// and reordering are harmless.
+//
+// # Ownership
+//
+// platform.agent_directory has one owner row per agent, naming the replica and the
+// connection that holds its tunnel. The newest connection claims the row; the replica
+// holding an older connection learns it from a NOTIFY, or at the latest from its next
+// owner heartbeat, and closes it. Every write an agent's connection makes about the agent
+// itself is fenced on still owning the row, so a superseded connection cannot overwrite
+// what the newer one reported.
 package gateway
 
 import (
-	"net/http"
+	"context"
+	"encoding/json"
+	"time"
 
-	"streamspace.dev/libs/server"
+	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/tenant"
+	"streamspace.dev/libs/wire"
 )
 
 // Name is the service's name in logs, traces and metrics.
 const Name = "agent-gateway"
 
-// Module mounts the agent-gateway service on a server.
-type Module struct {
-	deps server.Deps
+// AgentID identifies an agent: "agt_" and 20 characters of a-z and 2-7, minted by the
+// gateway at enrollment. It is the wire protocol's agent id.
+type AgentID = wire.AgentID
+
+// SessionID identifies a session across the control plane and the agent.
+type SessionID = wire.SessionID
+
+// State is an agent's liveness as the scheduler sees it.
+type State string
+
+// The agent states. Only online agents receive new sessions.
+const (
+	StateOnline   State = "online"
+	StateDegraded State = "degraded"
+	StateOffline  State = "offline"
+)
+
+// Capacity is what an agent reported it can host; see wire.Capacity.
+type Capacity = wire.Capacity
+
+// Agent is an enrolled agent as the registry knows it.
+type Agent struct {
+	ID     AgentID   `json:"id"`
+	Tenant tenant.ID `json:"tenant_id"`
+	Name   string    `json:"name"`
+	// Tags come from the enrollment token and may be changed by an admin.
+	Tags []string `json:"tags"`
+	// ReportedTags are what the agent announces about itself (its capabilities).
+	ReportedTags []string `json:"reported_tags"`
+	Version      string   `json:"version"`
+	// Facts are the cluster facts of the agent's last Hello (kubernetes_version, region…).
+	Facts    map[string]string `json:"facts"`
+	Capacity Capacity          `json:"capacity"`
+	State    State             `json:"state"`
+	// Draining agents keep their sessions but get no new ones.
+	Draining bool       `json:"draining"`
+	LastSeen *time.Time `json:"last_seen,omitempty"`
+	// Gateway is the replica that holds (or last held) the agent's tunnel.
+	Gateway      string     `json:"gateway_id,omitempty"`
+	CertSerial   string     `json:"cert_serial,omitempty"`
+	CertNotAfter *time.Time `json:"cert_not_after,omitempty"`
+	CreatedAt    time.Time  `json:"created_at"`
+	UpdatedAt    time.Time  `json:"updated_at"`
 }
 
-// New builds the agent-gateway service from the shared dependencies.
-func New(deps server.Deps) (*Module, error) {
-	return &Module{deps: deps}, nil
+// AgentPatch changes an agent; nil fields stay as they are.
+type AgentPatch struct {
+	Name     *string   `json:"name,omitempty"`
+	Tags     *[]string `json:"tags,omitempty"`
+	Draining *bool     `json:"draining,omitempty"`
 }
 
-// Name implements server.Module.
-func (m *Module) Name() string { return Name }
+// Desired is the state the control plane wants a session in; see wire.Desired.
+type Desired = wire.Desired
 
-// Register implements server.Module. The service serves only the shared health and
-// metrics routes until its features land.
-func (m *Module) Register(*http.ServeMux) {}
+// AssignmentInput asks for a session to be in state Desired with Spec on agent AgentID.
+type AssignmentInput struct {
+	SessionID SessionID       `json:"session_id"`
+	AgentID   AgentID         `json:"agent_id"`
+	Desired   Desired         `json:"desired"`
+	Spec      json.RawMessage `json:"spec,omitempty"`
+}
+
+// Assignment is a session's desired state at a generation, and how far the agent got.
+type Assignment struct {
+	SessionID       SessionID       `json:"session_id"`
+	AgentID         AgentID         `json:"agent_id"`
+	Generation      int64           `json:"generation"`
+	Desired         Desired         `json:"desired"`
+	Spec            json.RawMessage `json:"spec"`
+	AckedGeneration int64           `json:"acked_generation"`
+	// AckError is the agent's last failure to apply, if any.
+	AckError  *wire.Error `json:"ack_error,omitempty"`
+	CreatedAt time.Time   `json:"created_at"`
+	UpdatedAt time.Time   `json:"updated_at"`
+	// TraceParent is the W3C trace context of the write that set this generation.
+	TraceParent string `json:"-"`
+}
+
+// Pending reports whether the agent has not yet acknowledged the current generation.
+func (a Assignment) Pending() bool { return a.Generation > a.AckedGeneration }
+
+// SessionStatus is a session's observed state, as its agent last reported it.
+type SessionStatus struct {
+	SessionID          SessionID      `json:"session_id"`
+	AgentID            AgentID        `json:"agent_id"`
+	Phase              wire.Phase     `json:"phase"`
+	Reason             string         `json:"reason,omitempty"`
+	Message            string         `json:"message,omitempty"`
+	ObservedGeneration int64          `json:"observed_generation"`
+	Endpoint           *wire.Endpoint `json:"endpoint,omitempty"`
+	LastTransition     *time.Time     `json:"last_transition,omitempty"`
+	ObservedAt         time.Time      `json:"observed_at"`
+	UpdatedAt          time.Time      `json:"updated_at"`
+}
+
+// StatusChannel is the PostgreSQL NOTIFY channel on which the gateway announces every
+// stored session status change, with payload "<tenant id>:<session id>", for other
+// services (sessions' live view). Like every NOTIFY it is lossy; listeners re-read.
+const StatusChannel = "streamspace_session_status"
+
+// Enrollment is what consuming an enrollment token yields: whom the agent belongs to and
+// what to call it. Identity's token is the only source of these names.
+type Enrollment struct {
+	Tenant  tenant.ID `json:"tenant_id"`
+	TokenID string    `json:"token_id"`
+	Name    string    `json:"name"`
+	Tags    []string  `json:"tags"`
+}
+
+// Enroller consumes one-time enrollment tokens: identity's service in-process, or
+// identity's HTTP API (NewHTTPEnroller). It returns apperr Unauthenticated for a token
+// that is unknown, expired, revoked or used.
+type Enroller interface {
+	ConsumeEnrollmentToken(ctx context.Context, raw string) (Enrollment, error)
+}
+
+// EnrollerFunc adapts a function to Enroller.
+type EnrollerFunc func(ctx context.Context, raw string) (Enrollment, error)
+
+// ConsumeEnrollmentToken implements Enroller.
+func (f EnrollerFunc) ConsumeEnrollmentToken(ctx context.Context, raw string) (Enrollment, error) {
+	return f(ctx, raw)
+}
+
+// EnrollRequest is an agent's first contact: its token and a PKCS #10 CSR for its own key.
+type EnrollRequest struct {
+	Token  string `json:"token"`
+	CSRPEM string `json:"csr_pem"`
+}
+
+// EnrollResponse is the agent's identity: the names the gateway chose (from the token),
+// its client certificate and the CA that the gateway's server certificate chains to.
+type EnrollResponse struct {
+	AgentID        AgentID   `json:"agent_id"`
+	TenantID       tenant.ID `json:"tenant_id"`
+	CertificatePEM string    `json:"certificate_pem"`
+	CAPEM          string    `json:"ca_pem"`
+	NotAfter       time.Time `json:"not_after"`
+}
+
+// Service is the gateway's API for admins and for other services. Every method
+// documents the apperr codes it returns; any other error is internal. Methods read the
+// tenant from ctx.
+type Service interface {
+	// Agents lists the tenant's agents (admin).
+	Agents(ctx context.Context) ([]Agent, error)
+	// Agent returns one agent (admin). NotFound.
+	Agent(ctx context.Context, id AgentID) (Agent, error)
+	// UpdateAgent renames, retags or drains an agent (admin). NotFound, Invalid.
+	UpdateAgent(ctx context.Context, id AgentID, p AgentPatch) (Agent, error)
+	// DeleteAgent deletes an agent and revokes its certificate: its tunnel closes within
+	// a second and the certificate is refused from then on (admin). NotFound.
+	DeleteAgent(ctx context.Context, id AgentID) error
+
+	// Assign sets a session's desired state, bumping its generation when desired or spec
+	// change (an identical write is a no-op), and announces it to the agent (admin or
+	// system). Invalid; NotFound: no such agent; Conflict: the session belongs to another
+	// agent.
+	Assign(ctx context.Context, in AssignmentInput) (Assignment, error)
+	// Assignment returns a session's assignment. NotFound.
+	Assignment(ctx context.Context, id SessionID) (Assignment, error)
+	// AgentAssignments lists an agent's assignments. NotFound: no such agent.
+	AgentAssignments(ctx context.Context, id AgentID) ([]Assignment, error)
+	// SessionStatus returns a session's observed state. NotFound: nothing reported yet.
+	SessionStatus(ctx context.Context, id SessionID) (SessionStatus, error)
+	// AgentSessionStatus lists the observed state of an agent's sessions.
+	AgentSessionStatus(ctx context.Context, id AgentID) ([]SessionStatus, error)
+}
+
+// Hello is what the store records from an agent's Hello.
+type Hello struct {
+	Version      string
+	ReportedTags []string
+	Facts        map[string]string
+	Capacity     Capacity
+}
+
+// Owner names the connection that holds an agent's tunnel.
+type Owner struct {
+	Gateway string
+	Conn    string
+}
+
+// Store is the gateway's persistence. Tenant-scoped methods read the tenant from ctx (a
+// principal, or auth.AsSystem for an agent identified by its certificate); the others
+// touch only the platform schema. Methods taking an Owner are fenced: they change nothing
+// and return ErrNotOwner unless that connection still owns the agent.
+type Store interface {
+	// CreateAgent stores a new agent and its directory row (tenant-scoped).
+	CreateAgent(ctx context.Context, a Agent, tokenID string) error
+	// SetCert records the agent's newest certificate (tenant-scoped). NotFound.
+	SetCert(ctx context.Context, id AgentID, serial string, notAfter time.Time) error
+	// Agent returns an agent (tenant-scoped). NotFound.
+	Agent(ctx context.Context, id AgentID) (Agent, error)
+	// Agents lists the tenant's agents by name (tenant-scoped).
+	Agents(ctx context.Context) ([]Agent, error)
+	// UpdateAgent applies p (tenant-scoped). NotFound.
+	UpdateAgent(ctx context.Context, id AgentID, p AgentPatch) (Agent, error)
+	// DeleteAgent deletes the agent, its directory row and its assignments, and
+	// announces the revocation on the agent's channel, in one transaction
+	// (tenant-scoped). NotFound.
+	DeleteAgent(ctx context.Context, id AgentID) error
+
+	// DirectoryTenant returns the tenant of a live agent of an active tenant
+	// (platform). NotFound otherwise: unknown, deleted, or its tenant is not active.
+	DirectoryTenant(ctx context.Context, id AgentID) (tenant.ID, error)
+	// Claim makes o the agent's owner and announces it on the agent's channel (platform).
+	// NotFound: the agent was deleted.
+	Claim(ctx context.Context, id AgentID, o Owner) error
+	// RenewOwnership stamps the owner heartbeat of every listed agent still owned by its
+	// connection and returns the agents that are not (superseded or deleted) (platform).
+	RenewOwnership(ctx context.Context, gateway string, owned map[AgentID]string) (lost []AgentID, err error)
+	// Release clears o's ownership and marks the agent offline (tenant-scoped, fenced).
+	Release(ctx context.Context, id AgentID, o Owner) error
+	// RecordHello stores the agent's facts and marks it online (tenant-scoped, fenced).
+	RecordHello(ctx context.Context, id AgentID, o Owner, h Hello) error
+	// RecordHeartbeat stores capacity and marks the agent online (tenant-scoped, fenced).
+	RecordHeartbeat(ctx context.Context, id AgentID, o Owner, c Capacity) error
+
+	// Assign upserts an assignment and announces it (tenant-scoped). See Service.Assign.
+	Assign(ctx context.Context, in AssignmentInput, traceParent string) (Assignment, error)
+	// Assignment returns one assignment (tenant-scoped). NotFound.
+	Assignment(ctx context.Context, id SessionID) (Assignment, error)
+	// DesiredSet returns the agent's full desired set: every assignment except deleted
+	// ones already acknowledged (tenant-scoped).
+	DesiredSet(ctx context.Context, id AgentID) ([]Assignment, error)
+	// AgentAssignments lists every assignment of an agent (tenant-scoped).
+	AgentAssignments(ctx context.Context, id AgentID) ([]Assignment, error)
+	// Pending returns the agent's unacknowledged assignments (tenant-scoped).
+	Pending(ctx context.Context, id AgentID) ([]Assignment, error)
+	// Ack records that the agent applied session at generation (raising
+	// acked_generation, never lowering it), or failed to (tenant-scoped). A permanent
+	// failure counts as acknowledged, with its error kept. NotFound: the session is not
+	// assigned to this agent.
+	Ack(ctx context.Context, id AgentID, session SessionID, generation int64, failure *wire.Error) error
+
+	// ReportStatus stores statuses of sessions assigned to the agent and announces each on
+	// StatusChannel (tenant-scoped, fenced). It returns the ids it refused because they
+	// are not assigned to this agent in this tenant.
+	ReportStatus(ctx context.Context, id AgentID, o Owner, ss []wire.SessionStatus) (refused []SessionID, err error)
+	// SessionStatus returns one session's status (tenant-scoped). NotFound.
+	SessionStatus(ctx context.Context, id SessionID) (SessionStatus, error)
+	// AgentSessionStatus lists an agent's sessions' statuses (tenant-scoped).
+	AgentSessionStatus(ctx context.Context, id AgentID) ([]SessionStatus, error)
+
+	// CA returns the newest stored CA (platform). NotFound when there is none.
+	CA(ctx context.Context) (StoredCA, error)
+	// CreateCA stores ca unless another replica stored one first, and returns the newest
+	// (platform).
+	CreateCA(ctx context.Context, ca StoredCA) (StoredCA, error)
+}
+
+// StoredCA is a CA row: its certificate and its sealed private key.
+type StoredCA struct {
+	ID        string
+	CertPEM   string
+	SealedKey []byte
+	NotAfter  time.Time
+	CreatedAt time.Time
+}
+
+// AgentChannel is the NOTIFY channel of one agent: work, ownership and revocation news.
+// Agent ids are lowercase and short, so the name stays within PostgreSQL's 63 bytes.
+func AgentChannel(id AgentID) string { return "ss_agent_" + string(id) }
+
+// Payloads on an agent's channel. An ownership claim is ownerPrefix + the connection id.
+const (
+	NotifyWork    = "work"
+	NotifyRevoked = "revoked"
+	NotifyOwner   = "owner:"
+)
+
+// ErrNotOwner is returned by fenced Store methods when the connection no longer owns the
+// agent: a newer connection took over, or the agent was deleted.
+var ErrNotOwner = &apperr.Error{Code: apperr.Conflict, Message: "this connection no longer owns the agent"}

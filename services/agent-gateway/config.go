@@ -1,0 +1,155 @@
+package gateway
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"streamspace.dev/libs/config"
+)
+
+// Defaults of the gateway's settings.
+const (
+	DefaultListen            = "127.0.0.1:7443"
+	DefaultCertTTL           = 30 * 24 * time.Hour
+	DefaultHeartbeatInterval = 10 * time.Second
+	DefaultDegradedAfter     = 30 * time.Second
+	DefaultOfflineAfter      = 60 * time.Second
+	// DefaultResync is how often a connection re-reads its pending work even without a
+	// NOTIFY: the bound on delivery delay when a notification is lost.
+	DefaultResync = 5 * time.Second
+	// DefaultOwnerHeartbeat is how often a replica stamps the owner rows of its agents,
+	// and so how quickly it notices a lost claim whose NOTIFY it missed.
+	DefaultOwnerHeartbeat = 2 * time.Second
+	// DefaultKeepAlive is far below the 30 s UDP conntrack timeout of common firewalls
+	// (STACK.md), so an idle tunnel's state never expires on the agent's side.
+	DefaultKeepAlive   = 5 * time.Second
+	DefaultIdleTimeout = 30 * time.Second
+	DefaultRetryMin    = time.Second
+	DefaultRetryMax    = 30 * time.Second
+)
+
+// Config is the gateway's own settings, beside the common server.Config.
+type Config struct {
+	// KEK is the base64 key-encryption key sealing the CA key (the same key as identity's).
+	KEK string
+	// Listen is the agents' address: QUIC on its UDP port, HTTPS enrollment on its TCP
+	// port. Port 0 picks free ports (tests).
+	Listen string
+	// ServerNames are the DNS names and IPs in the gateway's self-issued server certificate.
+	ServerNames []string
+	// TLSCertFile and TLSKeyFile, when set, replace the self-issued server certificate.
+	TLSCertFile, TLSKeyFile string
+	// GatewayID names this replica in owner rows; a random one when empty.
+	GatewayID string
+	// IdentityURL is identity's base URL, for a standalone gateway to consume enrollment
+	// tokens; the all-in-one binary calls identity in-process instead.
+	IdentityURL string
+	// CertTTL is the lifetime of agent certificates.
+	CertTTL time.Duration
+	// HeartbeatInterval is what agents are told to heartbeat at; DegradedAfter and
+	// OfflineAfter age a silent agent.
+	HeartbeatInterval, DegradedAfter, OfflineAfter time.Duration
+	// Resync bounds delivery delay when a NOTIFY is lost; OwnerHeartbeat paces the
+	// owner-row stamps.
+	Resync, OwnerHeartbeat time.Duration
+	// KeepAlive and IdleTimeout tune QUIC liveness.
+	KeepAlive, IdleTimeout time.Duration
+	// RetryMin and RetryMax bound the backoff of unacknowledged work.
+	RetryMin, RetryMax time.Duration
+
+	// serverNames holds the raw --agent-server-names until withDefaults splits it.
+	serverNames *string
+}
+
+// Register defines the gateway's flags on fs. kek is false in the all-in-one binary,
+// which shares identity's --kek.
+func (c *Config) Register(fs *flag.FlagSet, kek bool) {
+	if kek {
+		config.String(fs, &c.KEK, "kek", "STREAMSPACE_KEK", "", "base64 32-byte key-encryption key that seals the agent CA key in the database (required)")
+		config.String(fs, &c.IdentityURL, "identity-url", "STREAMSPACE_IDENTITY_URL", "", "identity's base URL, for consuming enrollment tokens (required standalone)")
+	}
+	config.String(fs, &c.Listen, "agent-listen", "STREAMSPACE_AGENT_LISTEN", DefaultListen, "agents' address: QUIC tunnel on UDP, HTTPS enrollment on TCP, same port")
+	var names string
+	config.String(fs, &names, "agent-server-names", "STREAMSPACE_AGENT_SERVER_NAMES", "localhost,127.0.0.1", "comma-separated DNS names and IPs of the self-issued server certificate")
+	config.String(fs, &c.TLSCertFile, "agent-tls-cert", "STREAMSPACE_AGENT_TLS_CERT", "", "PEM server certificate for agents (default: issued by the internal CA)")
+	config.String(fs, &c.TLSKeyFile, "agent-tls-key", "STREAMSPACE_AGENT_TLS_KEY", "", "PEM key of --agent-tls-cert")
+	config.String(fs, &c.GatewayID, "gateway-id", "STREAMSPACE_GATEWAY_ID", "", "this replica's id in owner rows (default: host name and a random suffix)")
+	config.Duration(fs, &c.CertTTL, "agent-cert-ttl", "STREAMSPACE_AGENT_CERT_TTL", DefaultCertTTL, "lifetime of agent client certificates")
+	config.Duration(fs, &c.HeartbeatInterval, "agent-heartbeat", "STREAMSPACE_AGENT_HEARTBEAT", DefaultHeartbeatInterval, "heartbeat interval agents are told to use")
+	config.Duration(fs, &c.DegradedAfter, "agent-degraded-after", "STREAMSPACE_AGENT_DEGRADED_AFTER", DefaultDegradedAfter, "silence after which an agent is degraded")
+	config.Duration(fs, &c.OfflineAfter, "agent-offline-after", "STREAMSPACE_AGENT_OFFLINE_AFTER", DefaultOfflineAfter, "silence after which an agent is offline")
+	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often pending work is re-read without a notification")
+	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
+	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
+	c.serverNames = &names
+}
+
+// WithDefaults returns c with every zero setting at its default.
+func (c Config) WithDefaults() Config {
+	if c.serverNames != nil && len(c.ServerNames) == 0 {
+		c.ServerNames = splitList(*c.serverNames)
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:0"
+	}
+	if len(c.ServerNames) == 0 {
+		c.ServerNames = []string{"localhost", "127.0.0.1"}
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.CertTTL, DefaultCertTTL)
+	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&c.DegradedAfter, DefaultDegradedAfter)
+	def(&c.OfflineAfter, DefaultOfflineAfter)
+	def(&c.Resync, DefaultResync)
+	def(&c.OwnerHeartbeat, DefaultOwnerHeartbeat)
+	def(&c.KeepAlive, DefaultKeepAlive)
+	def(&c.IdleTimeout, DefaultIdleTimeout)
+	def(&c.RetryMin, DefaultRetryMin)
+	def(&c.RetryMax, DefaultRetryMax)
+	return c
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Validate checks the configuration (after defaults).
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	var errs []error
+	if c.KEK == "" {
+		errs = append(errs, errors.New("--kek (or STREAMSPACE_KEK) is required"))
+	} else if _, err := ParseKEK(c.KEK); err != nil {
+		errs = append(errs, fmt.Errorf("--kek: %w", err))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("--agent-listen %q: %w", c.Listen, err))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("--agent-tls-cert and --agent-tls-key go together"))
+	}
+	if c.CertTTL < time.Hour {
+		errs = append(errs, errors.New("--agent-cert-ttl must be at least 1h"))
+	}
+	if c.DegradedAfter <= c.HeartbeatInterval || c.OfflineAfter <= c.DegradedAfter {
+		errs = append(errs, errors.New("want heartbeat < degraded-after < offline-after"))
+	}
+	if c.KeepAlive >= c.IdleTimeout || c.KeepAlive > 25*time.Second {
+		errs = append(errs, errors.New("--agent-keepalive must be below the idle timeout and 25s"))
+	}
+	return errors.Join(errs...)
+}

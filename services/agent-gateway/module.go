@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"streamspace.dev/libs/server"
+)
+
+// Module mounts the agent-gateway on a server: the admin API on the shared mux, the
+// tunnel and enrollment listeners on the agents' address.
+type Module struct {
+	gw     *Gateway
+	svc    Service
+	routes []Route
+}
+
+// New builds the gateway from the shared dependencies: store is its Store (package
+// postgres), enroller consumes enrollment tokens (identity in-process, or
+// NewHTTPEnroller). It starts listening at once; Close drains it.
+func New(d server.Deps, cfg Config, store Store, enroller Enroller) (*Module, error) {
+	if d.Verifier == nil {
+		return nil, errors.New("agent-gateway: no token verifier (set --jwks-url)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	gw, err := StartGateway(ctx, cfg, GatewayOptions{Store: store, Enroller: enroller,
+		ConnConfig: d.DB.Pool().Config().ConnConfig, Logger: d.Logger.With("service", Name)})
+	if err != nil {
+		return nil, err
+	}
+	svc := NewService(store, gw.Revoke)
+	eps := MakeEndpoints(svc)
+	if d.Ready != nil {
+		d.Ready.AddCheck("agent-listener", func(context.Context) error { return nil })
+	}
+	return &Module{gw: gw, svc: svc, routes: Routes(eps, d.Verifier, d.Logger)}, nil
+}
+
+// Name implements server.Module.
+func (m *Module) Name() string { return Name }
+
+// Register implements server.Module: the admin API and, for edges that terminate TLS
+// themselves, the enrollment endpoint.
+func (m *Module) Register(mux *http.ServeMux) {
+	for _, r := range m.routes {
+		mux.Handle(r.Pattern, r.handler)
+	}
+	mux.Handle("POST "+EnrollPath, m.gw.EnrollHTTP())
+}
+
+// Service returns the service, for in-process callers (sessions will write assignments
+// through it).
+func (m *Module) Service() Service { return m.svc }
+
+// Gateway returns the tunnel endpoint.
+func (m *Module) Gateway() *Gateway { return m.gw }
+
+// Close implements server.Closer: agents are told to reconnect elsewhere.
+func (m *Module) Close(ctx context.Context) error { return m.gw.Close(ctx) }

@@ -1,0 +1,885 @@
+package gateway
+
+import (
+	"context"
+	crand "crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/quic-go/quic-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/wire"
+	"streamspace.dev/libs/wire/wireotel"
+)
+
+// QUIC application error codes with which the gateway closes a tunnel. The agent reads
+// them from the connection's close error (quic.ApplicationError); a Goodbye or Error
+// message on the control stream says the same where it arrives in time.
+const (
+	// CloseNormal: an orderly close (the agent said goodbye).
+	CloseNormal quic.ApplicationErrorCode = 0x0
+	// CloseProtocol: the agent sent something undecodable or unexpected. Retryable.
+	CloseProtocol quic.ApplicationErrorCode = 0x1
+	// CloseSuperseded: a newer connection of the same agent took over. Reconnecting is
+	// pointless while the other connection lives.
+	CloseSuperseded quic.ApplicationErrorCode = 0x2
+	// CloseRevoked: the agent was deleted; its certificate is refused from now on.
+	// Permanent.
+	CloseRevoked quic.ApplicationErrorCode = 0x3
+	// CloseGoingAway: the replica is draining or stopping; reconnect at once, elsewhere.
+	CloseGoingAway quic.ApplicationErrorCode = 0x4
+	// CloseForbidden: the Hello does not match the certificate, or the version is not
+	// spoken here. Permanent.
+	CloseForbidden quic.ApplicationErrorCode = 0x5
+)
+
+// Protocol timing.
+const (
+	// helloTimeout bounds how long an authenticated connection may take to open its
+	// control stream and say Hello.
+	helloTimeout = 10 * time.Second
+	// openTimeout bounds opening a gateway stream (the agent's stream credit may be
+	// exhausted by a stuck agent).
+	openTimeout = 10 * time.Second
+	// ackWait is how long a desired-state stream waits for its acks before the retry
+	// timers take over.
+	ackWait = 30 * time.Second
+	// flushDelay lets a final Goodbye or Error leave before CONNECTION_CLOSE, which
+	// discards unsent stream data.
+	flushDelay = 100 * time.Millisecond
+	// maxPart bounds the assignments' bytes in one DesiredState part, well under the
+	// 1 MiB frame limit every reader of version 1 accepts.
+	maxPart = 512 << 10
+)
+
+// Gateway is one replica's tunnel endpoint: the QUIC listener, the HTTPS enrollment
+// listener, the tunnels it holds and the loops that keep them honest.
+type Gateway struct {
+	cfg      Config
+	id       string
+	store    Store
+	ca       *CA
+	enroller Enroller
+	log      *slog.Logger
+	tracer   trace.Tracer
+	hub      *hub
+
+	udp   net.PacketConn
+	ql    *quic.Listener
+	tcp   net.Listener
+	https *http.Server
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// GatewayOptions are the dependencies of a Gateway.
+type GatewayOptions struct {
+	Store    Store
+	Enroller Enroller
+	// ConnConfig is where the LISTEN connection dials (the pool's configuration).
+	ConnConfig *pgx.ConnConfig
+	Logger     *slog.Logger
+	// TracerProvider defaults to the global one.
+	TracerProvider trace.TracerProvider
+}
+
+// StartGateway loads (or creates) the CA, binds the agents' address on UDP and TCP and
+// starts serving. Close stops it.
+func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	kek, _ := ParseKEK(cfg.KEK)
+	ca, err := LoadCA(ctx, o.Store, kek)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.GatewayID == "" {
+		host, _ := os.Hostname()
+		cfg.GatewayID = fmt.Sprintf("%s-%s", host, randomToken(4))
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	tp := o.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	g := &Gateway{cfg: cfg, id: cfg.GatewayID, store: o.Store, ca: ca, enroller: o.Enroller,
+		log: o.Logger.With("gateway_id", cfg.GatewayID), tracer: tp.Tracer("streamspace.dev/services/agent-gateway")}
+	g.hub = newHub(g.log, o.ConnConfig)
+
+	var serverCert tls.Certificate
+	if cfg.TLSCertFile != "" {
+		if serverCert, err = tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			return nil, fmt.Errorf("loading --agent-tls-cert: %w", err)
+		}
+	} else if serverCert, err = ca.IssueServer(cfg.ServerNames, 365*24*time.Hour); err != nil {
+		return nil, err
+	}
+	if err := g.listen(serverCert); err != nil {
+		return nil, err
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.wg.Go(func() { g.hub.ln.run(g.ctx) })
+	g.wg.Go(g.acceptLoop)
+	g.wg.Go(g.ownerLoop)
+	g.wg.Go(func() {
+		if err := g.https.Serve(g.tcp); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.log.Error("enrollment listener failed", "err", err)
+		}
+	})
+	g.log.Info("agent gateway listening", "quic", g.ql.Addr().String(), "https", g.tcp.Addr().String())
+	return g, nil
+}
+
+// listen binds UDP and TCP on the same port, so agents need one address for both.
+func (g *Gateway) listen(cert tls.Certificate) error {
+	udp, err := net.ListenPacket("udp", g.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on udp %s: %w", g.cfg.Listen, err)
+	}
+	host, _, _ := net.SplitHostPort(g.cfg.Listen)
+	port := udp.LocalAddr().(*net.UDPAddr).Port
+	tcp, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(port)))
+	if err != nil {
+		udp.Close()
+		return fmt.Errorf("listening on tcp port %d: %w", port, err)
+	}
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   wire.SupportedALPNs(),
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    g.ca.Pool(),
+		// The chain is verified by crypto/tls; this adds what only the registry knows:
+		// the agent still exists, in the tenant its certificate names, and that tenant is
+		// active. A deleted agent's certificate fails here, on every replica, at once.
+		VerifyConnection: g.verifyAgent,
+	}
+	ql, err := quic.Listen(udp, tlsConf, &quic.Config{
+		KeepAlivePeriod:       g.cfg.KeepAlive,
+		MaxIdleTimeout:        g.cfg.IdleTimeout,
+		HandshakeIdleTimeout:  5 * time.Second,
+		MaxIncomingStreams:    8, // the control stream and a certificate renewal or two
+		MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		udp.Close()
+		tcp.Close()
+		return err
+	}
+	g.udp, g.ql = udp, ql
+	g.tcp = tls.NewListener(tcp, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
+		NextProtos: []string{"h2", "http/1.1"}})
+	g.https = &http.Server{Handler: g.enrollHandler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
+	return nil
+}
+
+func (g *Gateway) verifyAgent(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("no client certificate")
+	}
+	id, err := IdentityOf(cs.PeerCertificates[0])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tid, err := g.store.DirectoryTenant(ctx, id.Agent)
+	if err != nil {
+		g.log.Info("refused agent certificate", "agent_id", id.Agent, "tenant_id", id.Tenant, "err", err)
+		return fmt.Errorf("agent %s is not enrolled", id.Agent)
+	}
+	if tid != id.Tenant {
+		g.log.Warn("refused agent certificate naming the wrong tenant", "agent_id", id.Agent, "cert_tenant", id.Tenant)
+		return fmt.Errorf("agent %s is not enrolled", id.Agent)
+	}
+	return nil
+}
+
+// ID returns the replica's id.
+func (g *Gateway) ID() string { return g.id }
+
+// Addr returns the agents' address (UDP for QUIC, the same port on TCP for enrollment).
+func (g *Gateway) Addr() string { return g.ql.Addr().String() }
+
+// CA returns the agent CA.
+func (g *Gateway) CA() *CA { return g.ca }
+
+// Connected reports whether this replica holds a tunnel of agent id.
+func (g *Gateway) Connected(id AgentID) bool { return g.hub.get(id) != nil }
+
+// Revoke closes agent id's tunnel if this replica holds it; DeleteAgent calls it.
+func (g *Gateway) Revoke(id AgentID) {
+	if c := g.hub.get(id); c != nil {
+		c.close(closeRevoked)
+	}
+}
+
+// Close drains the replica: agents are told to reconnect elsewhere, ownership is
+// released, and the listeners close.
+func (g *Gateway) Close(ctx context.Context) error {
+	g.ql.Close()
+	shutdownErr := g.https.Shutdown(ctx)
+	var wg sync.WaitGroup
+	for _, c := range g.hub.all() {
+		wg.Go(func() { c.close(closeGoingAway); <-c.done })
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	g.cancel()
+	g.wg.Wait()
+	g.udp.Close()
+	return shutdownErr
+}
+
+func (g *Gateway) acceptLoop() {
+	for {
+		qc, err := g.ql.Accept(g.ctx)
+		if err != nil {
+			return
+		}
+		g.wg.Go(func() { g.serve(qc) })
+	}
+}
+
+// ownerLoop stamps the owner rows of held tunnels and closes those whose claim was lost
+// without this replica hearing the NOTIFY: a superseding connection, or a deletion.
+func (g *Gateway) ownerLoop() {
+	t := time.NewTicker(g.cfg.OwnerHeartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		owned := g.hub.owned()
+		lost, err := g.store.RenewOwnership(g.ctx, g.id, owned)
+		if err != nil {
+			g.log.Warn("renewing owner rows", "err", err)
+			continue
+		}
+		for _, id := range lost {
+			c := g.hub.get(id)
+			if c == nil || c.connID != owned[id] {
+				continue
+			}
+			reason := closeSuperseded
+			if _, err := g.store.DirectoryTenant(g.ctx, id); apperr.IsCode(err, apperr.NotFound) {
+				reason = closeRevoked
+			}
+			c.close(reason)
+		}
+	}
+}
+
+// backoff is the retry delay of the attempts-th unacknowledged push: doubling from
+// RetryMin to RetryMax, with ±20% jitter so that many agents do not retry in step.
+func (g *Gateway) backoff(attempts int) time.Duration {
+	d := g.cfg.RetryMin
+	for i := 1; i < attempts && d < g.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, g.cfg.RetryMax)
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+func randomToken(n int) string {
+	b := make([]byte, n)
+	_, _ = crand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// closeReason says why the gateway closes a tunnel.
+type closeReason int
+
+const (
+	closeDone closeReason = iota
+	closeSuperseded
+	closeRevoked
+	closeGoingAway
+	closeProtocol
+	closeForbidden
+)
+
+// agentConn is one agent's tunnel on this replica.
+type agentConn struct {
+	g      *Gateway
+	qc     *quic.Conn
+	id     Identity
+	connID string
+	owner  Owner
+	log    *slog.Logger
+
+	ctrl *wire.Writer // set once the control stream is open
+	wake chan struct{}
+	done chan struct{}
+
+	closeOnce sync.Once
+
+	mu       sync.Mutex
+	inflight map[SessionID]*flight
+}
+
+// flight is one pushed generation awaiting its ack.
+type flight struct {
+	gen      int64
+	attempts int
+	nextAt   time.Time
+}
+
+// sys returns ctx acting for the agent's tenant, as its certificate established.
+func (c *agentConn) sys(ctx context.Context) context.Context {
+	return auth.AsSystem(ctx, c.id.Tenant, "agent:"+string(c.id.Agent))
+}
+
+func (c *agentConn) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close ends the tunnel once, telling the agent why where the protocol has a message for
+// it. It does not wait: the final message gets flushDelay to leave first.
+func (c *agentConn) close(r closeReason) {
+	c.closeOnce.Do(func() {
+		var msg wire.Message
+		code, desc := CloseNormal, "closed"
+		switch r {
+		case closeSuperseded:
+			msg = &wire.Goodbye{Reason: wire.GoodbyeSuperseded, Message: "a newer connection of this agent took over"}
+			code, desc = CloseSuperseded, "superseded"
+		case closeRevoked:
+			msg = &wire.Error{Code: wire.CodeForbidden, Message: "the agent was deleted; its certificate is revoked", Permanent: true}
+			code, desc = CloseRevoked, "revoked"
+		case closeGoingAway:
+			msg = &wire.Goodbye{Reason: wire.GoodbyeDrain, Message: "gateway " + c.g.id + " is stopping", ReconnectElsewhere: true}
+			code, desc = CloseGoingAway, "going away"
+		case closeProtocol:
+			code, desc = CloseProtocol, "protocol error"
+		case closeForbidden:
+			code, desc = CloseForbidden, "forbidden"
+		}
+		c.log.Info("closing tunnel", "reason", desc)
+		if msg != nil && c.ctrl != nil {
+			_ = c.ctrl.Write(msg)
+			go func() {
+				time.Sleep(flushDelay)
+				_ = c.qc.CloseWithError(code, desc)
+			}()
+			return
+		}
+		_ = c.qc.CloseWithError(code, desc)
+	})
+}
+
+// fail reports a protocol or policy failure on w (when there is a stream to report it on)
+// and closes the tunnel.
+func (c *agentConn) fail(w *wire.Writer, err error, r closeReason) {
+	c.log.Info("agent tunnel failed", "err", err)
+	if w != nil {
+		_ = w.Write(wire.ErrorOf(err))
+		time.Sleep(flushDelay)
+	}
+	c.close(r)
+}
+
+func (g *Gateway) serve(qc *quic.Conn) {
+	id, err := IdentityOf(qc.ConnectionState().TLS.PeerCertificates[0])
+	if err != nil { // verifyAgent has already checked it
+		_ = qc.CloseWithError(CloseForbidden, "bad certificate")
+		return
+	}
+	c := &agentConn{g: g, qc: qc, id: id, connID: randomToken(12),
+		wake: make(chan struct{}, 1), done: make(chan struct{}), inflight: map[SessionID]*flight{}}
+	c.owner = Owner{Gateway: g.id, Conn: c.connID}
+	c.log = g.log.With("tenant_id", id.Tenant, "agent_id", id.Agent, "conn", c.connID, "remote", qc.RemoteAddr().String())
+	defer close(c.done)
+	ctx := qc.Context()
+
+	held, err := c.handshake(ctx)
+	if err != nil {
+		return
+	}
+	defer func() {
+		c.close(closeDone)
+		g.hub.remove(c)
+		if err := g.store.Release(c.sys(context.WithoutCancel(ctx)), id.Agent, c.owner); err != nil && !errors.Is(err, ErrNotOwner) {
+			c.log.Warn("releasing the owner row", "err", err)
+		}
+	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { c.pushLoop(ctx, held.set) })
+	wg.Go(func() { c.acceptStreams(ctx) })
+	c.readControl(ctx, held.r)
+	c.close(closeDone)
+	wg.Wait()
+}
+
+type handshakeResult struct {
+	r   *wire.Reader
+	set []Assignment
+}
+
+// handshake opens the control stream, checks Hello, claims the agent and answers
+// HelloAck. It is the "agent.connect" span.
+func (c *agentConn) handshake(ctx context.Context) (handshakeResult, error) {
+	ctx, span := c.g.tracer.Start(ctx, "agent.connect", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("streamspace.tenant_id", string(c.id.Tenant)),
+			attribute.String("streamspace.agent_id", string(c.id.Agent)), attribute.String("streamspace.gateway_id", c.g.id)))
+	defer span.End()
+	res, err := c.handshakeSteps(ctx)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "handshake failed")
+	}
+	return res, err
+}
+
+func (c *agentConn) handshakeSteps(ctx context.Context) (handshakeResult, error) {
+	actx, cancel := context.WithTimeout(ctx, helloTimeout)
+	defer cancel()
+	st, err := c.qc.AcceptStream(actx)
+	if err != nil {
+		c.close(closeProtocol)
+		return handshakeResult{}, fmt.Errorf("no control stream: %w", err)
+	}
+	_ = st.SetReadDeadline(time.Now().Add(helloTimeout))
+	r := wire.NewReader(st, 0)
+	w := wire.NewWriter(st)
+	pre, err := r.ReadPreamble()
+	if err == nil && pre.Stream != wire.StreamControl {
+		err = &wire.ProtocolError{Kind: wire.KindUnexpectedType, Detail: fmt.Sprintf("first stream is %s, want control", pre.Stream)}
+	}
+	if err != nil {
+		st.CancelRead(quic.StreamErrorCode(CloseProtocol))
+		c.fail(nil, err, closeProtocol)
+		return handshakeResult{}, err
+	}
+	if err := w.WritePreamble(wire.StreamControl); err != nil {
+		c.close(closeProtocol)
+		return handshakeResult{}, err
+	}
+	env, err := r.ReadEnvelope()
+	if err != nil {
+		c.fail(w, err, closeProtocol)
+		return handshakeResult{}, err
+	}
+	hello, ok := env.Message.(*wire.Hello)
+	if !ok {
+		err := &wire.ProtocolError{Kind: wire.KindUnexpectedType, Type: env.Message.Type(), Detail: "first message must be hello"}
+		c.fail(w, err, closeProtocol)
+		return handshakeResult{}, err
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	if hello.AgentID != c.id.Agent {
+		err := &wire.Error{Code: wire.CodeForbidden, Message: "hello names another agent than the certificate", Permanent: true}
+		c.log.Warn("hello names another agent", "hello_agent_id", hello.AgentID)
+		c.fail(w, err, closeForbidden)
+		return handshakeResult{}, err
+	}
+	accepted, err := wire.Negotiate(hello.Protocol)
+	if err != nil {
+		c.fail(w, err, closeForbidden)
+		return handshakeResult{}, err
+	}
+	sctx := c.sys(ctx)
+	if err := c.g.store.Claim(ctx, c.id.Agent, c.owner); err != nil {
+		c.log.Warn("claiming the agent", "err", err)
+		if apperr.IsCode(err, apperr.NotFound) {
+			c.fail(w, &wire.Error{Code: wire.CodeForbidden, Message: "the agent was deleted", Permanent: true}, closeRevoked)
+		} else {
+			c.fail(w, &wire.Error{Code: wire.CodeUnavailable, Message: "cannot register the tunnel", RetryAfter: time.Second}, closeGoingAway)
+		}
+		return handshakeResult{}, err
+	}
+	c.ctrl = w
+	c.g.hub.add(c)
+	err = c.g.store.RecordHello(sctx, c.id.Agent, c.owner, Hello{Version: hello.AgentVersion,
+		ReportedTags: hello.Capabilities, Facts: hello.Cluster, Capacity: hello.Capacity})
+	var set []Assignment
+	if err == nil {
+		set, err = c.g.store.DesiredSet(sctx, c.id.Agent)
+	}
+	if err != nil {
+		c.log.Warn("loading the agent's state", "err", err)
+		c.g.hub.remove(c)
+		c.fail(w, &wire.Error{Code: wire.CodeUnavailable, Message: "cannot load the agent's state", RetryAfter: time.Second}, closeGoingAway)
+		return handshakeResult{}, err
+	}
+	ack := &wire.HelloAck{GatewayID: wire.GatewayID(c.g.id), Accepted: accepted,
+		HeartbeatInterval: c.g.cfg.HeartbeatInterval, DesiredChecksum: wire.Checksum(toWire(c.id, set))}
+	if err := wireotel.Write(ctx, w, ack); err != nil {
+		c.g.hub.remove(c)
+		c.close(closeDone)
+		return handshakeResult{}, err
+	}
+	c.log.Info("agent connected", "agent_version", hello.AgentVersion, "protocol", accepted.String(), "desired", len(set))
+	return handshakeResult{r: r, set: set}, nil
+}
+
+func toWire(id Identity, set []Assignment) []wire.Assignment {
+	out := make([]wire.Assignment, len(set))
+	for i, a := range set {
+		out[i] = wire.Assignment{SessionID: a.SessionID, TenantID: id.Tenant, Generation: a.Generation, Desired: a.Desired, Spec: a.Spec}
+	}
+	return out
+}
+
+// readControl serves the control stream until it ends.
+func (c *agentConn) readControl(ctx context.Context, r *wire.Reader) {
+	for {
+		env, err := r.ReadEnvelope()
+		if err != nil {
+			var pe *wire.ProtocolError
+			if errors.As(err, &pe) {
+				c.fail(c.ctrl, err, closeProtocol)
+			} else if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+				c.log.Info("control stream ended", "err", err)
+			}
+			return
+		}
+		mctx := wireotel.Extract(ctx, env)
+		switch m := env.Message.(type) {
+		case *wire.Heartbeat:
+			if err := c.g.store.RecordHeartbeat(c.sys(mctx), c.id.Agent, c.owner, m.Capacity); err != nil {
+				if errors.Is(err, ErrNotOwner) {
+					c.close(closeSuperseded)
+					return
+				}
+				c.log.Warn("recording heartbeat", "err", err)
+			}
+		case *wire.StatusReport:
+			if errors.Is(c.handleStatus(mctx, m), ErrNotOwner) {
+				c.close(closeSuperseded)
+				return
+			}
+		case *wire.Ack:
+			c.handleAck(mctx, m)
+		case *wire.Error:
+			c.log.Warn("agent reported an error", "code", m.Code, "message", m.Message, "permanent", m.Permanent)
+		case *wire.Goodbye:
+			c.log.Info("agent said goodbye", "reason", m.Reason, "message", m.Message)
+			return
+		default:
+			c.fail(c.ctrl, &wire.ProtocolError{Kind: wire.KindUnexpectedType, Type: m.Type(), Detail: "not expected from an agent after hello"}, closeProtocol)
+			return
+		}
+	}
+}
+
+// handleStatus stores a status report. Statuses of sessions that are not this agent's in
+// this tenant are refused and logged: a certificate speaks only for its own work.
+func (c *agentConn) handleStatus(ctx context.Context, m *wire.StatusReport) error {
+	ctx, span := c.g.tracer.Start(ctx, "agent.status", trace.WithAttributes(
+		attribute.String("streamspace.agent_id", string(c.id.Agent)), attribute.Int("streamspace.sessions", len(m.Sessions)),
+		attribute.Bool("streamspace.full", m.Full)))
+	defer span.End()
+	refused, err := c.g.store.ReportStatus(c.sys(ctx), c.id.Agent, c.owner, m.Sessions)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "storing status")
+		if !errors.Is(err, ErrNotOwner) {
+			c.log.Warn("storing status", "err", err)
+		}
+		return err
+	}
+	if len(refused) > 0 {
+		span.SetAttributes(attribute.Int("streamspace.refused", len(refused)))
+		c.log.Warn("refused status for sessions not assigned to this agent in its tenant", "sessions", refused)
+	}
+	return nil
+}
+
+// handleAck records an acknowledgement from the desired-state or the control stream.
+func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
+	ctx, span := c.g.tracer.Start(ctx, "agent.ack", trace.WithAttributes(
+		attribute.String("streamspace.agent_id", string(c.id.Agent)), attribute.String("streamspace.session_id", string(a.SessionID)),
+		attribute.Int64("streamspace.generation", a.Generation)))
+	defer span.End()
+	if a.Error != nil {
+		span.SetAttributes(attribute.String("streamspace.ack_error", string(a.Error.Code)), attribute.Bool("streamspace.permanent", a.Error.Permanent))
+	}
+	if err := c.g.store.Ack(c.sys(ctx), c.id.Agent, a.SessionID, a.Generation, a.Error); err != nil {
+		span.RecordError(err)
+		if apperr.IsCode(err, apperr.NotFound) {
+			c.log.Warn("refused ack for a session not assigned to this agent", "session_id", a.SessionID)
+		} else {
+			c.log.Warn("recording ack", "err", err)
+		}
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.inflight[a.SessionID]
+	if f == nil {
+		return
+	}
+	if a.Error == nil || a.Error.Permanent {
+		if a.Generation >= f.gen {
+			delete(c.inflight, a.SessionID)
+		}
+		return
+	}
+	f.nextAt = time.Now().Add(max(c.g.backoff(f.attempts), a.Error.RetryAfter))
+}
+
+// acceptStreams serves streams the agent opens after the control stream: certificate
+// renewals. Anything else is a protocol error on that stream.
+func (c *agentConn) acceptStreams(ctx context.Context) {
+	for {
+		st, err := c.qc.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		go c.serveAgentStream(ctx, st)
+	}
+}
+
+func (c *agentConn) serveAgentStream(ctx context.Context, st *quic.Stream) {
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(helloTimeout))
+	r := wire.NewReader(st, 64<<10)
+	pre, err := r.ReadPreamble()
+	if err != nil || pre.Stream != wire.StreamCert {
+		c.log.Info("refused an agent-opened stream", "stream", pre.Stream, "err", err)
+		st.CancelRead(quic.StreamErrorCode(CloseProtocol))
+		st.CancelWrite(quic.StreamErrorCode(CloseProtocol))
+		return
+	}
+	w := wire.NewWriter(st)
+	if err := w.WritePreamble(wire.StreamCert); err != nil {
+		return
+	}
+	env, err := r.ReadEnvelope()
+	if err != nil {
+		_ = w.Write(wire.ErrorOf(err))
+		return
+	}
+	req, ok := env.Message.(*wire.CertRenewRequest)
+	if !ok {
+		_ = w.Write(wire.ErrorOf(&wire.ProtocolError{Kind: wire.KindUnexpectedType, Type: env.Message.Type()}))
+		return
+	}
+	mctx := wireotel.Extract(ctx, env)
+	resp, err := c.g.renew(c.sys(mctx), c.id, req.CSRPEM)
+	if err != nil {
+		_ = wireotel.Write(mctx, w, wire.ErrorOf(err))
+		return
+	}
+	_ = wireotel.Write(mctx, w, &wire.CertRenewResponse{CertificatePEM: resp})
+}
+
+// pushLoop delivers the full set once, then pending work whenever told (NOTIFY, a LISTEN
+// taking effect), when a retry falls due, and every Resync regardless.
+func (c *agentConn) pushLoop(ctx context.Context, set []Assignment) {
+	c.pushFull(ctx, set)
+	for {
+		t := time.NewTimer(c.nextWait())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-c.wake:
+		case <-t.C:
+		}
+		t.Stop()
+		c.pushPending(ctx)
+	}
+}
+
+// nextWait is the time until the earliest retry, at most Resync.
+func (c *agentConn) nextWait() time.Duration {
+	wait := c.g.cfg.Resync
+	now := time.Now()
+	c.mu.Lock()
+	for _, f := range c.inflight {
+		wait = min(wait, f.nextAt.Sub(now))
+	}
+	c.mu.Unlock()
+	return max(wait, 10*time.Millisecond)
+}
+
+// pushFull sends the agent's whole desired set, which it reconciles against what it runs.
+func (c *agentConn) pushFull(ctx context.Context, set []Assignment) {
+	now := time.Now()
+	c.mu.Lock()
+	for _, a := range set {
+		if a.Pending() {
+			c.inflight[a.SessionID] = &flight{gen: a.Generation, attempts: 1, nextAt: now.Add(c.g.backoff(1))}
+		}
+	}
+	c.mu.Unlock()
+	c.push(ctx, true, set)
+}
+
+// pushPending re-reads the agent's unacknowledged work and pushes what is new or due.
+func (c *agentConn) pushPending(ctx context.Context) {
+	pending, err := c.g.store.Pending(c.sys(ctx), c.id.Agent)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("reading pending work", "err", err)
+		}
+		return
+	}
+	now := time.Now()
+	var send []Assignment
+	c.mu.Lock()
+	live := make(map[SessionID]bool, len(pending))
+	for _, a := range pending {
+		live[a.SessionID] = true
+		f := c.inflight[a.SessionID]
+		if f != nil && f.gen == a.Generation && now.Before(f.nextAt) {
+			continue
+		}
+		if f == nil || f.gen != a.Generation {
+			f = &flight{gen: a.Generation}
+			c.inflight[a.SessionID] = f
+		}
+		f.attempts++
+		f.nextAt = now.Add(c.g.backoff(f.attempts))
+		send = append(send, a)
+	}
+	for s := range c.inflight {
+		if !live[s] { // acknowledged through another connection, or deleted
+			delete(c.inflight, s)
+		}
+	}
+	c.mu.Unlock()
+	if len(send) > 0 {
+		c.push(ctx, false, send)
+	}
+}
+
+var traceContext propagation.TraceContext
+
+// push opens a desired-state stream, writes the set (in parts when full and large),
+// closes its side, and reads the acks on a goroutine. It is the "agent.deliver" span: a
+// single assignment's delivery continues the trace of the write that made it; a batch
+// links to each.
+func (c *agentConn) push(ctx context.Context, full bool, set []Assignment) {
+	parent := ctx
+	var links []trace.Link
+	if !full && len(set) == 1 && set[0].TraceParent != "" {
+		parent = traceContext.Extract(ctx, propagation.MapCarrier{"traceparent": set[0].TraceParent})
+	} else {
+		for _, a := range set {
+			if a.TraceParent == "" {
+				continue
+			}
+			sc := trace.SpanContextFromContext(traceContext.Extract(context.Background(), propagation.MapCarrier{"traceparent": a.TraceParent}))
+			if sc.IsValid() {
+				links = append(links, trace.Link{SpanContext: sc})
+			}
+		}
+	}
+	pctx, span := c.g.tracer.Start(parent, "agent.deliver", trace.WithSpanKind(trace.SpanKindProducer), trace.WithLinks(links...),
+		trace.WithAttributes(attribute.String("streamspace.agent_id", string(c.id.Agent)), attribute.Bool("streamspace.full", full),
+			attribute.Int("streamspace.assignments", len(set))))
+	defer span.End()
+	err := c.pushStream(pctx, full, set)
+	if err != nil && ctx.Err() == nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "delivery failed")
+		c.log.Warn("pushing desired state", "full", full, "count", len(set), "err", err)
+	}
+}
+
+func (c *agentConn) pushStream(ctx context.Context, full bool, set []Assignment) error {
+	octx, cancel := context.WithTimeout(ctx, openTimeout)
+	st, err := c.qc.OpenStreamSync(octx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("opening a desired-state stream: %w", err)
+	}
+	w := wire.NewWriter(st)
+	if err := w.WritePreamble(wire.StreamDesiredState); err != nil {
+		st.CancelWrite(0)
+		return err
+	}
+	ws := toWire(c.id, set)
+	var msgs []*wire.DesiredState
+	if full {
+		sum := wire.Checksum(ws)
+		start, size := 0, 0
+		for i, a := range ws {
+			size += len(a.Spec) + 256
+			if size > maxPart && i > start {
+				msgs = append(msgs, &wire.DesiredState{Full: true, More: true, Assignments: ws[start:i]})
+				start, size = i, len(a.Spec)+256
+			}
+		}
+		msgs = append(msgs, &wire.DesiredState{Full: true, Checksum: sum, Assignments: ws[start:]})
+	} else {
+		msgs = []*wire.DesiredState{{Assignments: ws}}
+	}
+	for _, m := range msgs {
+		if m.Assignments == nil {
+			m.Assignments = []wire.Assignment{}
+		}
+		if err := wireotel.Write(ctx, w, m); err != nil {
+			st.CancelWrite(0)
+			return err
+		}
+	}
+	// One push per stream: closing our side tells the agent the push is complete.
+	if err := st.Close(); err != nil {
+		return err
+	}
+	go c.readAcks(context.WithoutCancel(ctx), st)
+	return nil
+}
+
+// readAcks reads the agent's preamble and acks on a desired-state stream until the agent
+// closes it or ackWait passes; the retry timers cover whatever does not arrive.
+func (c *agentConn) readAcks(ctx context.Context, st *quic.Stream) {
+	defer st.CancelRead(0)
+	_ = st.SetReadDeadline(time.Now().Add(ackWait))
+	r := wire.NewReader(st, 0)
+	pre, err := r.ReadPreamble()
+	if err != nil || pre.Stream != wire.StreamDesiredState {
+		return
+	}
+	for {
+		env, err := r.ReadEnvelope()
+		if err != nil {
+			return
+		}
+		mctx := wireotel.Extract(trace.ContextWithSpanContext(c.qc.Context(), trace.SpanContextFromContext(ctx)), env)
+		switch m := env.Message.(type) {
+		case *wire.Ack:
+			c.handleAck(mctx, m)
+		case *wire.Error:
+			c.log.Warn("agent refused desired state", "code", m.Code, "message", m.Message, "permanent", m.Permanent)
+		}
+	}
+}
