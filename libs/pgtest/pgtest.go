@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
 	"streamspace.dev/libs/pgserver"
@@ -186,9 +187,24 @@ func NewDatabase(t testing.TB, tmpl Template) string {
 		t.Fatalf("pgtest: %v", err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s",
-		pgx.Identifier{name}.Sanitize(), pgx.Identifier{tmplName}.Sanitize())); err != nil {
-		t.Fatalf("pgtest: cloning %s: %v", tmplName, err)
+	clone := func() error {
+		_, err := conn.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s",
+			pgx.Identifier{name}.Sanitize(), pgx.Identifier{tmplName}.Sanitize()))
+		return err
+	}
+	if err := clone(); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "3D000" {
+			t.Fatalf("pgtest: cloning %s: %v", tmplName, err)
+		}
+		// Another process pruned the template since this one built it: build it again.
+		forgetTemplate(tmplName)
+		if tmplName, err = ensureTemplate(ctx, admin, tmpl); err != nil {
+			t.Fatalf("pgtest: rebuilding template %q: %v", tmpl.Name, err)
+		}
+		if err := clone(); err != nil {
+			t.Fatalf("pgtest: cloning %s: %v", tmplName, err)
+		}
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -210,6 +226,15 @@ var (
 	templatesMu sync.Mutex
 	templates   = map[string]bool{}
 )
+
+// keepTemplates is how many template databases of one name survive on a server.
+const keepTemplates = 5
+
+func forgetTemplate(name string) {
+	templatesMu.Lock()
+	delete(templates, name)
+	templatesMu.Unlock()
+}
 
 // ensureTemplate builds the template database once per server. Test processes race for it,
 // so the build runs under an advisory lock and is published by an atomic rename.
@@ -263,9 +288,10 @@ func ensureTemplate(ctx context.Context, admin string, tmpl Template) (string, e
 			drop()
 			return "", fmt.Errorf("publishing template: %w", err)
 		}
-		// Templates of older migration sets are dead weight; drop them when idle.
-		rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datname <> $2",
-			"sstmpl\\_"+tmpl.Name+"\\_%", name)
+		// Templates of older migration sets are dead weight, but another checkout on this
+		// server (a second work tree, a CI run) may still be using one: keep the newest few.
+		rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE datname LIKE $1
+			ORDER BY oid DESC OFFSET $2`, "sstmpl\\_"+tmpl.Name+"\\_%", keepTemplates)
 		if err == nil {
 			old, _ := pgx.CollectRows(rows, pgx.RowTo[string])
 			for _, o := range old {
