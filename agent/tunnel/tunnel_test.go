@@ -1,0 +1,555 @@
+package tunnel_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"streamspace.dev/agent/backend/memory"
+	"streamspace.dev/agent/backoff"
+	"streamspace.dev/agent/enroll"
+	"streamspace.dev/agent/internal/testpki"
+	"streamspace.dev/agent/reconcile"
+	"streamspace.dev/agent/tunnel"
+	"streamspace.dev/libs/wire"
+)
+
+const (
+	tenantID = "abcdefghijkl"
+	agentID  = "agt_abcdefghijklmnopqrst"
+)
+
+// waitFor bounds every wait so a broken build fails instead of hanging; no test asserts
+// how long anything took.
+const waitFor = 15 * time.Second
+
+// gateway is a minimal stand-in for services/agent-gateway built on quic-go and
+// libs/wire: mTLS with the test CA, Hello/HelloAck on the control stream, and pushes on
+// streams it opens.
+type gateway struct {
+	t    *testing.T
+	ca   *testpki.CA
+	addr string
+
+	mu    sync.Mutex
+	ln    *quic.Listener
+	tr    *quic.Transport
+	conns []*gwConn
+
+	// refuse, when set, is sent instead of HelloAck.
+	refuse *wire.Error
+	// checksum is sent in HelloAck.
+	checksum string
+	// verify, when set, checks the client certificate during the handshake.
+	verify func(*x509.Certificate) error
+
+	accepted chan *gwConn
+}
+
+type gwConn struct {
+	qc    *quic.Conn
+	hello *wire.Hello
+	peer  *x509.Certificate
+	msgs  chan wire.Message
+	ctrlW *wire.Writer
+}
+
+func newGateway(t *testing.T, ca *testpki.CA) *gateway {
+	g := &gateway{t: t, ca: ca, addr: "127.0.0.1:0", accepted: make(chan *gwConn, 16)}
+	g.start()
+	t.Cleanup(g.stop)
+	return g
+}
+
+func (g *gateway) start() {
+	g.t.Helper()
+	srvCert := g.ca.Server(g.t)
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{srvCert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    g.ca.Pool,
+		NextProtos:   wire.SupportedALPNs(),
+		VerifyPeerCertificate: func(_ [][]byte, chains [][]*x509.Certificate) error {
+			if g.verify != nil {
+				return g.verify(chains[0][0])
+			}
+			return nil
+		},
+	}
+	// An explicit Transport, closed on stop, releases the port at once so the restarted
+	// gateway can bind the same one, as a restarted gateway behind a fixed address would.
+	udpAddr, err := net.ResolveUDPAddr("udp", g.addr)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", udpAddr)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(tlsConf, &quic.Config{KeepAlivePeriod: time.Second, MaxIdleTimeout: 10 * time.Second})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.mu.Lock()
+	g.ln, g.tr = ln, tr
+	g.addr = ln.Addr().String() // restarts reuse the port, as a restarted gateway would
+	g.mu.Unlock()
+	go g.acceptLoop(ln)
+}
+
+func (g *gateway) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, c := range g.conns {
+		_ = c.qc.CloseWithError(0, "gateway stopping")
+	}
+	g.conns = nil
+	if g.ln != nil {
+		_ = g.ln.Close()
+		_ = g.tr.Close()
+		_ = g.tr.Conn.Close()
+		g.ln, g.tr = nil, nil
+	}
+}
+
+func (g *gateway) restart() { g.stop(); g.start() }
+
+func (g *gateway) acceptLoop(ln *quic.Listener) {
+	for {
+		qc, err := ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		go g.serve(qc)
+	}
+}
+
+func (g *gateway) serve(qc *quic.Conn) {
+	ctx := qc.Context()
+	st, err := qc.AcceptStream(ctx)
+	if err != nil {
+		return
+	}
+	rd := wire.NewReader(st, 0)
+	if p, err := rd.ReadPreamble(); err != nil || p.Stream != wire.StreamControl {
+		_ = qc.CloseWithError(1, "bad control preamble")
+		return
+	}
+	msg, err := rd.Read()
+	hello, ok := msg.(*wire.Hello)
+	if err != nil || !ok {
+		_ = qc.CloseWithError(1, "no hello")
+		return
+	}
+	w := wire.NewWriter(st)
+	_ = w.WritePreamble(wire.StreamControl)
+	if g.refuse != nil {
+		_ = w.Write(g.refuse)
+		time.Sleep(100 * time.Millisecond) // let the error arrive before the close
+		_ = qc.CloseWithError(1, "refused")
+		return
+	}
+	if err := w.Write(&wire.HelloAck{GatewayID: "gw-test", Accepted: wire.Current, HeartbeatInterval: 50 * time.Millisecond, DesiredChecksum: g.checksum}); err != nil {
+		return
+	}
+	c := &gwConn{qc: qc, hello: hello, peer: qc.ConnectionState().TLS.PeerCertificates[0], msgs: make(chan wire.Message, 1024), ctrlW: w}
+	g.mu.Lock()
+	g.conns = append(g.conns, c)
+	g.mu.Unlock()
+	go func() {
+		for {
+			st, err := qc.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			go g.serveCert(st)
+		}
+	}()
+	g.accepted <- c
+	for {
+		m, err := rd.Read()
+		if err != nil {
+			close(c.msgs)
+			return
+		}
+		c.msgs <- m
+	}
+}
+
+// serveCert answers a renewal with a certificate for the same names.
+func (g *gateway) serveCert(st *quic.Stream) {
+	defer func() { _ = st.Close() }()
+	rd := wire.NewReader(st, 0)
+	if p, err := rd.ReadPreamble(); err != nil || p.Stream != wire.StreamCert {
+		return
+	}
+	m, err := rd.Read()
+	if err != nil {
+		return
+	}
+	w := wire.NewWriter(st)
+	_ = w.WritePreamble(wire.StreamCert)
+	pemCert, err := g.ca.SignCSR(m.(*wire.CertRenewRequest).CSRPEM, tenantID, agentID, time.Now().Add(-time.Minute), 30*24*time.Hour)
+	if err != nil {
+		_ = w.Write(&wire.Error{Code: wire.CodeInvalid, Message: err.Error(), Permanent: true})
+		return
+	}
+	_ = w.Write(&wire.CertRenewResponse{CertificatePEM: pemCert})
+}
+
+func (g *gateway) next(t *testing.T) *gwConn {
+	t.Helper()
+	select {
+	case c := <-g.accepted:
+		return c
+	case <-time.After(waitFor):
+		t.Fatal("agent never connected")
+		return nil
+	}
+}
+
+// push opens a desired-state stream, sends ds and returns the agent's answers.
+func (c *gwConn) push(t *testing.T, parts ...*wire.DesiredState) []wire.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	st, err := c.qc.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := wire.NewWriter(st)
+	if err := w.WritePreamble(wire.StreamDesiredState); err != nil {
+		t.Fatal(err)
+	}
+	for _, ds := range parts {
+		if err := w.Write(ds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = st.Close()
+	rd := wire.NewReader(st, 0)
+	if _, err := rd.ReadPreamble(); err != nil {
+		t.Fatal(err)
+	}
+	var out []wire.Message
+	for {
+		m, err := rd.Read()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+}
+
+// await returns the first control message satisfying match, skipping others.
+func (c *gwConn) await(t *testing.T, what string, match func(wire.Message) bool) wire.Message {
+	t.Helper()
+	deadline := time.After(waitFor)
+	for {
+		select {
+		case m, ok := <-c.msgs:
+			if !ok {
+				t.Fatalf("control stream closed while waiting for %s", what)
+			}
+			if match(m) {
+				return m
+			}
+		case <-deadline:
+			t.Fatalf("no %s", what)
+		}
+	}
+}
+
+func statusOf(id wire.SessionID, phase wire.Phase) func(wire.Message) bool {
+	return func(m wire.Message) bool {
+		sr, ok := m.(*wire.StatusReport)
+		return ok && slices.ContainsFunc(sr.Sessions, func(s wire.SessionStatus) bool { return s.SessionID == id && s.Phase == phase })
+	}
+}
+
+type agentUnderTest struct {
+	backend *memory.Backend
+	rec     *reconcile.Reconciler
+	holder  *enroll.Holder
+	tunnel  *tunnel.Tunnel
+	done    chan error
+	cancel  context.CancelFunc
+}
+
+func credential(t *testing.T, ca *testpki.CA, notBefore time.Time, ttl time.Duration) *enroll.Credential {
+	t.Helper()
+	certPEM, keyPEM := ca.AgentPair(t, tenantID, agentID, notBefore, ttl)
+	dir := t.TempDir()
+	_ = os.WriteFile(filepath.Join(dir, "tls.crt"), certPEM, 0o600)
+	_ = os.WriteFile(filepath.Join(dir, "tls.key"), keyPEM, 0o600)
+	c, err := enroll.LoadFiles(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func startAgent(t *testing.T, g *gateway, cred *enroll.Credential) *agentUnderTest {
+	t.Helper()
+	b := memory.New(memory.Config{Allocatable: wire.Capacity{CPUAllocatableMillis: 4000, MaxSessions: 10}, PerSessionCPUMillis: 500})
+	t.Cleanup(b.Close)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.Default()
+	}
+	rec := reconcile.New(b, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := rec.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentUnderTest{backend: b, rec: rec, holder: enroll.NewHolder(cred, enroll.Store{Dir: t.TempDir()}), done: make(chan error, 1), cancel: cancel}
+	a.tunnel = tunnel.New(tunnel.Config{
+		Addr:         g.addr,
+		RootCAs:      g.ca.Pool,
+		Credential:   a.holder,
+		Reconciler:   rec,
+		Backend:      b,
+		AgentVersion: "test",
+		KeepAlive:    time.Second,
+		IdleTimeout:  5 * time.Second,
+		Backoff:      backoff.Policy{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond},
+		DrainTimeout: 5 * time.Second,
+		RefusalGrace: time.Second,
+		Log:          log,
+	})
+	go func() { a.done <- a.tunnel.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-a.done; rec.Wait() })
+	return a
+}
+
+func as(id string, gen int64, d wire.Desired) wire.Assignment {
+	return wire.Assignment{SessionID: wire.SessionID(id), TenantID: tenantID, Generation: gen, Desired: d, Spec: []byte(`{"image":"firefox"}`)}
+}
+
+func acksOf(t *testing.T, msgs []wire.Message) map[wire.SessionID]int64 {
+	t.Helper()
+	out := map[wire.SessionID]int64{}
+	for _, m := range msgs {
+		a, ok := m.(*wire.Ack)
+		if !ok {
+			t.Fatalf("agent answered %T %+v, want acks", m, m)
+		}
+		if a.Error != nil {
+			t.Fatalf("ack for %s carries %v", a.SessionID, a.Error)
+		}
+		out[a.SessionID] = a.Generation
+	}
+	return out
+}
+
+func TestTunnelHelloHeartbeatPushAckStatusAndReconnect(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+
+	// Hello names the agent from its certificate, with facts and capacity.
+	c := g.next(t)
+	if c.hello.AgentID != agentID || c.hello.Protocol != wire.Current || c.hello.Capacity.CPUAllocatableMillis != 4000 ||
+		c.hello.Cluster["platform"] != "memory" {
+		t.Fatalf("hello = %+v", c.hello)
+	}
+	c.await(t, "full status report", func(m wire.Message) bool { sr, ok := m.(*wire.StatusReport); return ok && sr.Full })
+	c.await(t, "heartbeat", func(m wire.Message) bool { hb, ok := m.(*wire.Heartbeat); return ok && hb.Seq >= 1 })
+
+	// A push on a gateway-opened stream is applied and acknowledged per session.
+	set := []wire.Assignment{as("s1", 1, wire.DesiredRunning)}
+	got := acksOf(t, c.push(t, &wire.DesiredState{Full: true, Checksum: wire.Checksum(set), Assignments: set}))
+	if got["s1"] != 1 || len(got) != 1 {
+		t.Fatalf("acks = %v", got)
+	}
+	c.await(t, "s1 running", statusOf("s1", wire.PhaseRunning))
+	c.await(t, "heartbeat counting s1", func(m wire.Message) bool { hb, ok := m.(*wire.Heartbeat); return ok && hb.Capacity.Sessions == 1 })
+
+	// The gateway restarts; the agent comes back by itself, announces itself again and
+	// reports its full status, and the re-sent full set (plus new work) is reconciled:
+	// s1 is a duplicate and is not re-applied, s2 is created.
+	g.restart()
+	c = g.next(t)
+	if c.hello.AgentID != agentID {
+		t.Fatalf("hello after reconnect = %+v", c.hello)
+	}
+	c.await(t, "full status with s1 running", func(m wire.Message) bool {
+		sr, ok := m.(*wire.StatusReport)
+		return ok && sr.Full && statusOf("s1", wire.PhaseRunning)(m)
+	})
+	set = append(set, as("s2", 1, wire.DesiredRunning))
+	got = acksOf(t, c.push(t, &wire.DesiredState{Full: true, More: true, Assignments: set[:1]},
+		&wire.DesiredState{Full: true, Checksum: wire.Checksum(set), Assignments: set[1:]}))
+	if got["s1"] != 1 || got["s2"] != 1 {
+		t.Fatalf("acks after reconnect = %v", got)
+	}
+	if n := a.backend.ApplyCalls("s1"); n != 1 {
+		t.Fatalf("s1 applied %d times; a re-delivered duplicate must be harmless", n)
+	}
+	c.await(t, "s2 running", statusOf("s2", wire.PhaseRunning))
+}
+
+func TestTunnelChecksumMatchSkipsPushAndRemovesOrphans(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	g.checksum = wire.Checksum(nil) // the gateway wants nothing on this agent
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	a.backend.Seed(wire.SessionStatus{SessionID: "orphan", Phase: wire.PhaseRunning})
+	g.next(t)
+	// The orphan may be seeded after the first connection's reconcile ran; a reconnect
+	// reconciles again, which is exactly the property under test.
+	g.restart()
+	c := g.next(t)
+	c.await(t, "orphan reported deleted or absent", func(m wire.Message) bool {
+		sr, ok := m.(*wire.StatusReport)
+		if !ok {
+			return false
+		}
+		if sr.Full {
+			return !slices.ContainsFunc(sr.Sessions, func(s wire.SessionStatus) bool { return s.SessionID == "orphan" })
+		}
+		return statusOf("orphan", wire.PhaseDeleted)(m)
+	})
+	if !slices.Contains(a.backend.Removed(), "orphan") {
+		t.Fatalf("removed = %v", a.backend.Removed())
+	}
+}
+
+func TestTunnelBadChecksumIsRefusedOnTheStream(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	c := g.next(t)
+	msgs := c.push(t, &wire.DesiredState{Full: true, Checksum: "sha256:00", Assignments: []wire.Assignment{as("s1", 1, wire.DesiredRunning)}})
+	if len(msgs) != 1 {
+		t.Fatalf("answers = %+v", msgs)
+	}
+	if e, ok := msgs[0].(*wire.Error); !ok || e.Permanent {
+		t.Fatalf("answer = %+v, want a retryable error", msgs[0])
+	}
+	if a.backend.ApplyCalls("s1") != 0 {
+		t.Fatal("applied a set that failed its checksum")
+	}
+}
+
+func TestTunnelPermanentRefusalStopsRetrying(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	g.refuse = &wire.Error{Code: wire.CodeForbidden, Message: "agent deleted", Permanent: true}
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	select {
+	case err := <-a.done:
+		a.done <- err // for the cleanup
+		var perm *tunnel.PermanentError
+		if !errors.As(err, &perm) || !errors.Is(err, &wire.Error{Code: wire.CodeForbidden}) {
+			t.Fatalf("Run = %v, want a permanent forbidden error", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("agent kept retrying after a permanent refusal")
+	}
+}
+
+func TestTunnelRefusedCertificateIsPermanent(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	g.verify = func(*x509.Certificate) error { return errors.New("revoked") }
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	select {
+	case err := <-a.done:
+		a.done <- err
+		var perm *tunnel.PermanentError
+		if !errors.As(err, &perm) {
+			t.Fatalf("Run = %v, want a permanent error", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("agent kept retrying with a refused certificate")
+	}
+}
+
+func TestTunnelDrainsWithGoodbyeOnShutdown(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	c := g.next(t)
+	c.await(t, "full status report", func(m wire.Message) bool { _, ok := m.(*wire.StatusReport); return ok })
+	a.cancel()
+	gb := c.await(t, "goodbye", func(m wire.Message) bool { _, ok := m.(*wire.Goodbye); return ok }).(*wire.Goodbye)
+	if gb.Reason != wire.GoodbyeShutdown {
+		t.Fatalf("goodbye = %+v", gb)
+	}
+	select {
+	case err := <-a.done:
+		a.done <- err
+		if err != nil {
+			t.Fatalf("Run after shutdown = %v", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Run did not return after shutdown")
+	}
+}
+
+func TestTunnelGoodbyeFromGatewayReconnects(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	c := g.next(t)
+	if err := c.ctrlW.Write(&wire.Goodbye{Reason: wire.GoodbyeDrain, ReconnectElsewhere: true}); err != nil {
+		t.Fatal(err)
+	}
+	g.next(t)
+}
+
+func TestTunnelRenewsCertificateBeforeExpiry(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	// Two thirds of this certificate's life are over: renewal is due at once.
+	old := credential(t, ca, time.Now().Add(-50*time.Minute), time.Hour)
+	a := startAgent(t, g, old)
+	c := g.next(t)
+	if !c.peer.Equal(old.Leaf()) {
+		t.Fatal("first connection did not present the original certificate")
+	}
+	deadline := time.After(waitFor)
+	for a.holder.Current() == old {
+		select {
+		case <-deadline:
+			t.Fatal("certificate never renewed")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	renewed := a.holder.Current()
+	if renewed.Agent != agentID || !renewed.Leaf().NotAfter.After(old.Leaf().NotAfter) {
+		t.Fatalf("renewed = %s until %v", renewed.Agent, renewed.Leaf().NotAfter)
+	}
+	// The next connection presents the renewed certificate.
+	g.restart()
+	c = g.next(t)
+	if !c.peer.Equal(renewed.Leaf()) {
+		t.Fatal("reconnect did not present the renewed certificate")
+	}
+}
