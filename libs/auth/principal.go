@@ -140,3 +140,21 @@ func RequireOperator(ctx context.Context) (Principal, error) {
 	}
 	return p, nil
 }
+
+// Scopes a personal API token may carry, shared by identity (which grants them) and every
+// service (which checks them). A token without scopes — a sign-in — may do whatever its
+// role allows; a scoped one only what its scopes name, and never more than its role.
+const (
+	ScopeIdentityRead  = "identity:read"
+	ScopeIdentityWrite = "identity:write"
+	ScopeAgentsRead    = "agents:read"
+	ScopeAgentsWrite   = "agents:write"
+	ScopeCatalogRead   = "catalog:read"
+	ScopeCatalogWrite  = "catalog:write"
+	ScopeSessionsRead  = "sessions:read"
+	ScopeSessionsWrite = "sessions:write"
+)
+
+// Scopes lists every scope, in a stable order.
+var Scopes = []string{ScopeIdentityRead, ScopeIdentityWrite, ScopeAgentsRead, ScopeAgentsWrite,
+	ScopeCatalogRead, ScopeCatalogWrite, ScopeSessionsRead, ScopeSessionsWrite}

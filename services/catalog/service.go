@@ -46,6 +46,14 @@ func caller(ctx context.Context, scope Scope, write bool) (admin bool, err error
 		if err != nil {
 			return false, err
 		}
+		// A personal API token acts only within its scopes, whatever its owner's role.
+		need := auth.ScopeCatalogRead
+		if write {
+			need = auth.ScopeCatalogWrite
+		}
+		if _, err := auth.RequireScope(ctx, need); err != nil {
+			return false, err
+		}
 		return p.Kind == auth.KindSystem || p.Role.AtLeast(auth.RoleAdmin), nil
 	default:
 		return false, apperr.New(apperr.NotFound, "not found")

@@ -39,22 +39,15 @@ const (
 	DefaultKeyPublishDelay = 10 * time.Minute
 )
 
-// Scopes a personal API token may carry. A token without scp (a sign-in) may do whatever
-// its role allows; a scoped one only what its scopes name.
+// The scopes a personal API token may carry; the vocabulary lives in libs/auth because
+// every service checks it.
 const (
-	ScopeIdentityRead  = "identity:read"
-	ScopeIdentityWrite = "identity:write"
-	ScopeAgentsRead    = "agents:read"
-	ScopeAgentsWrite   = "agents:write"
-	ScopeCatalogRead   = "catalog:read"
-	ScopeCatalogWrite  = "catalog:write"
-	ScopeSessionsRead  = "sessions:read"
-	ScopeSessionsWrite = "sessions:write"
+	ScopeIdentityRead  = auth.ScopeIdentityRead
+	ScopeIdentityWrite = auth.ScopeIdentityWrite
 )
 
-// Scopes lists every scope, in a stable order.
-var Scopes = []string{ScopeIdentityRead, ScopeIdentityWrite, ScopeAgentsRead, ScopeAgentsWrite,
-	ScopeCatalogRead, ScopeCatalogWrite, ScopeSessionsRead, ScopeSessionsWrite}
+// Scopes lists every scope a token may be granted.
+var Scopes = auth.Scopes
 
 // Throttle tunes sign-in throttling. Failures are counted per account (tenant and email)
 // and per client address; past the threshold each failure locks the key for Base,
@@ -675,7 +668,7 @@ func (s *service) RevokeAPIToken(ctx context.Context, id TokenID) error {
 
 // CreateEnrollmentToken implements Service.
 func (s *service) CreateEnrollmentToken(ctx context.Context, req NewEnrollmentToken) (CreatedEnrollmentToken, error) {
-	p, err := requireAdmin(ctx, ScopeAgentsWrite)
+	p, err := requireAdmin(ctx, auth.ScopeAgentsWrite)
 	if err != nil {
 		return CreatedEnrollmentToken{}, err
 	}
@@ -717,7 +710,7 @@ func (s *service) CreateEnrollmentToken(ctx context.Context, req NewEnrollmentTo
 
 // ListEnrollmentTokens implements Service.
 func (s *service) ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error) {
-	if _, err := requireAdmin(ctx, ScopeAgentsRead); err != nil {
+	if _, err := requireAdmin(ctx, auth.ScopeAgentsRead); err != nil {
 		return nil, err
 	}
 	return s.store.EnrollmentTokens(ctx)
@@ -725,7 +718,7 @@ func (s *service) ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, 
 
 // RevokeEnrollmentToken implements Service.
 func (s *service) RevokeEnrollmentToken(ctx context.Context, id TokenID) error {
-	p, err := requireAdmin(ctx, ScopeAgentsWrite)
+	p, err := requireAdmin(ctx, auth.ScopeAgentsWrite)
 	if err != nil {
 		return err
 	}

@@ -82,6 +82,14 @@ func (s *Signer) Token(t testing.TB, id tenant.ID, subject string, role auth.Rol
 	return s.Sign(s.claims(auth.KindUser, string(id), subject, role))
 }
 
+// ScopedToken is Token restricted to scopes, as identity mints from a personal API token.
+func (s *Signer) ScopedToken(t testing.TB, id tenant.ID, subject string, role auth.Role, scopes ...string) string {
+	t.Helper()
+	c := s.claims(auth.KindUser, string(id), subject, role)
+	c.Scopes = scopes
+	return s.Sign(c)
+}
+
 // OperatorToken returns a valid 10-minute access token for platform operator subject.
 func (s *Signer) OperatorToken(t testing.TB, subject string) string {
 	t.Helper()

@@ -202,6 +202,19 @@ func TestAPI(t *testing.T) {
 		h.expect(h.do("POST", "/api/v1/templates:import", member, []byte("kind: Template")), 403, "forbidden")
 	})
 
+	t.Run("scoped API tokens act only within their scopes", func(t *testing.T) {
+		h := h.with(t)
+		id := tenant.ID(h.acme)
+		readOnly := h.signer.ScopedToken(t, id, "owner-pat", auth.RoleOwner, auth.ScopeCatalogRead)
+		elsewhere := h.signer.ScopedToken(t, id, "owner-pat", auth.RoleOwner, auth.ScopeIdentityRead)
+		writer := h.signer.ScopedToken(t, id, "owner-pat", auth.RoleOwner, auth.ScopeCatalogWrite, auth.ScopeCatalogRead)
+		h.expect(h.do("GET", "/api/v1/templates", readOnly, nil), 200, "")
+		h.expect(h.do("POST", "/api/v1/templates", readOnly, firefox("scoped")), 403, "forbidden")
+		h.expect(h.do("GET", "/api/v1/templates", elsewhere, nil), 403, "forbidden")
+		h.expect(h.do("POST", "/api/v1/templates", writer, firefox("scoped")), 201, "")
+		h.expect(h.do("DELETE", "/api/v1/templates/scoped", writer, nil), 204, "")
+	})
+
 	var etag string
 	t.Run("admins create, and shadow a platform template", func(t *testing.T) {
 		h := h.with(t)
