@@ -18,8 +18,8 @@ import (
 	catalog "streamspace.dev/services/catalog/module"
 	"streamspace.dev/services/identity"
 	idpostgres "streamspace.dev/services/identity/postgres"
-	"streamspace.dev/services/scheduler"
-	"streamspace.dev/services/sessions"
+	scheduler "streamspace.dev/services/scheduler/module"
+	sessions "streamspace.dev/services/sessions/module"
 	"streamspace.dev/tenants"
 )
 
@@ -48,8 +48,8 @@ func ModulesWithGateway(d server.Deps, idcfg identity.Config, gwcfg gateway.Conf
 			return m, nil
 		},
 		func(d server.Deps) (server.Module, error) { return catalog.New(d) },
-		func(d server.Deps) (server.Module, error) { return scheduler.New(d) },
-		func(d server.Deps) (server.Module, error) { return sessions.New(d) },
+		func(d server.Deps) (server.Module, error) { return scheduler.New(d, scheduler.Config{}) },
+		func(d server.Deps) (server.Module, error) { return sessions.New(d, sessions.Config{}) },
 		func(d server.Deps) (server.Module, error) { return newGateway(d, idcfg, gwcfg, idm) },
 	}
 	mods := make([]server.Module, 0, len(builders))

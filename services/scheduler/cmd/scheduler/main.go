@@ -2,13 +2,17 @@
 package main
 
 import (
+	"flag"
+
 	"streamspace.dev/libs/server"
 	"streamspace.dev/services/scheduler"
+	"streamspace.dev/services/scheduler/module"
 )
 
 func main() {
-	server.Main(scheduler.Name, func(d server.Deps) ([]server.Module, error) {
-		m, err := scheduler.New(d)
+	var cfg module.Config
+	server.MainFlags(scheduler.Name, func(fs *flag.FlagSet) { cfg.Register(fs) }, func(d server.Deps) ([]server.Module, error) {
+		m, err := module.New(d, cfg)
 		if err != nil {
 			return nil, err
 		}

@@ -2,13 +2,17 @@
 package main
 
 import (
+	"flag"
+
 	"streamspace.dev/libs/server"
 	"streamspace.dev/services/sessions"
+	"streamspace.dev/services/sessions/module"
 )
 
 func main() {
-	server.Main(sessions.Name, func(d server.Deps) ([]server.Module, error) {
-		m, err := sessions.New(d)
+	var cfg module.Config
+	server.MainFlags(sessions.Name, func(fs *flag.FlagSet) { cfg.Register(fs) }, func(d server.Deps) ([]server.Module, error) {
+		m, err := module.New(d, cfg)
 		if err != nil {
 			return nil, err
 		}

@@ -26,6 +26,7 @@ import (
 	"streamspace.dev/libs/pgserver"
 	"streamspace.dev/libs/seal"
 	"streamspace.dev/libs/server"
+	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/identity"
 	"streamspace.dev/services/streamspace"
 	"streamspace.dev/tenants/cli"
@@ -80,10 +81,12 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 	name := map[bool]string{true: "dev", false: "serve"}[dev]
 	cfg := server.Config{Name: "streamspace"}
 	var idcfg identity.Config
+	var gwcfg gateway.Config
 	fs := flag.NewFlagSet("streamspace "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg.Register(fs)
 	idcfg.Register(fs)
+	gwcfg.Register(fs, false)
 	var dataDir string
 	var migrate bool
 	if dev {
@@ -122,7 +125,7 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 	if migrate {
 		opts.Before = func(ctx context.Context, pool *pgxpool.Pool) error { return streamspace.Migrate(ctx, pool, logger) }
 	}
-	build := func(d server.Deps) ([]server.Module, error) { return streamspace.Modules(d, idcfg) }
+	build := func(d server.Deps) ([]server.Module, error) { return streamspace.ModulesWithGateway(d, idcfg, gwcfg) }
 	if err := server.Run(ctx, cfg, opts, build); err != nil {
 		fmt.Fprintf(stderr, "streamspace: %v\n", err)
 		return 1

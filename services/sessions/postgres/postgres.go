@@ -1,0 +1,535 @@
+// Package postgres is the sessions Store on PostgreSQL, and the SQL of the service's
+// background work: folding agents' reports into sessions, the progress, idle and duration
+// timers, and the listener that feeds the live stream.
+//
+// Sessions live in each tenant's schema and are reached only through tenantdb.InTenant, so
+// the tenant always comes from the context: the caller's token, or auth.AsSystem for
+// background work in one tenant. Every change to a session commits together with its
+// event, its audit entry, its quota usage and its NOTIFY.
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/trace"
+
+	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/tenant"
+	"streamspace.dev/libs/tenantdb"
+	"streamspace.dev/services/sessions"
+)
+
+// Store implements sessions.Store.
+type Store struct {
+	db *tenantdb.DB
+}
+
+var _ sessions.Store = (*Store)(nil)
+
+// New returns a Store over db.
+func New(db *tenantdb.DB) *Store { return &Store{db: db} }
+
+// DB returns the tenant database, for the loops that share it.
+func (s *Store) DB() *tenantdb.DB { return s.db }
+
+// Columns is what every session read returns, in Scan's order. The scheduler's store
+// reads sessions with it too.
+const Columns = `id, owner_id, name, template, template_scope, template_version, tags, cpu_millis, memory_bytes,
+	agent_tags, desired, generation, phase, reason, message, phase_since, COALESCE(agent_id, ''), agent_lost_at, endpoint,
+	idle_timeout_seconds, max_duration_seconds, last_activity, started_at, created_at, updated_at,
+	COALESCE(last_agent_id, ''), dispatched_generation, assignment_generation, status_observed_at`
+
+// Scan reads a row selected with Columns.
+func Scan(row pgx.Row) (sessions.Session, error) {
+	var (
+		s        sessions.Session
+		endpoint []byte
+	)
+	err := row.Scan(&s.ID, &s.Owner, &s.Name, &s.Template, &s.TemplateScope, &s.TemplateVersion, &s.Tags,
+		&s.CPUMillis, &s.MemoryBytes, &s.AgentTags, &s.Desired, &s.Generation, &s.Phase, &s.Reason, &s.Message,
+		&s.PhaseSince, &s.AgentID, &s.AgentLostAt, &endpoint, &s.IdleTimeoutSeconds, &s.MaxDurationSeconds,
+		&s.LastActivity, &s.StartedAt, &s.CreatedAt, &s.UpdatedAt, &s.LastAgentID, &s.DispatchedGeneration,
+		&s.AssignmentGeneration, &s.StatusObservedAt)
+	if err != nil {
+		return s, err
+	}
+	s.AgentLost = s.AgentLostAt != nil
+	if len(endpoint) > 0 {
+		s.Endpoint = new(sessions.Endpoint)
+		if err := json.Unmarshal(endpoint, s.Endpoint); err != nil {
+			return s, fmt.Errorf("decoding stored endpoint of %s: %w", s.ID, err)
+		}
+	}
+	return s, nil
+}
+
+func notFound(err error) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return apperr.New(apperr.NotFound, "session not found")
+	}
+	return err
+}
+
+// Tx helpers shared with the scheduler's store.
+
+// InsertEvent appends e to the session's history.
+func InsertEvent(ctx context.Context, tx pgx.Tx, e sessions.Event) error {
+	_, err := tx.Exec(ctx, `INSERT INTO session_events (session_id, kind, phase, desired, generation, reason, message, actor)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, string(e.SessionID), e.Kind, string(e.Phase), string(e.Desired),
+		e.Generation, e.Reason, e.Message, e.Actor)
+	return err
+}
+
+// Audit records a lifecycle action in the tenant's audit log.
+func Audit(ctx context.Context, tx pgx.Tx, actor, action string, id sessions.ID, details map[string]any) error {
+	b, err := json.Marshal(details)
+	if err != nil {
+		return err
+	}
+	traceID := ""
+	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+		traceID = sc.TraceID().String()
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO audit_log (actor, action, target, trace_id, details) VALUES ($1, $2, $3, $4, $5::jsonb)`,
+		actor, action, "session:"+string(id), traceID, string(b))
+	return err
+}
+
+// NotifyChange announces a change of s on sessions.ChangeChannel when tx commits.
+func NotifyChange(ctx context.Context, tx pgx.Tx, s sessions.Session) error {
+	tid, _ := tenant.FromContext(ctx)
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.ChangeChannel, string(tid)+":"+string(s.ID)+":"+s.Owner)
+	return err
+}
+
+// NotifyWork tells schedulers, when tx commits, that the tenant has work.
+func NotifyWork(ctx context.Context, tx pgx.Tx) error {
+	tid, _ := tenant.FromContext(ctx)
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.WorkChannel, string(tid))
+	return err
+}
+
+// settings reads the tenant's settings with the defaults applied.
+func settings(ctx context.Context, tx pgx.Tx) (sessions.Settings, error) {
+	var st sessions.Settings
+	var raw []byte
+	err := tx.QueryRow(ctx, `SELECT value FROM settings WHERE key = $1`, sessions.SettingsKey).Scan(&raw)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return st, err
+	default:
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return st, fmt.Errorf("decoding stored session settings: %w", err)
+		}
+	}
+	return st.WithDefaults(), nil
+}
+
+// userQuota is the user's effective quota: the tenant's per-user default with the user's
+// override applied.
+func userQuota(ctx context.Context, tx pgx.Tx, st sessions.Settings, user string) (sessions.Quota, error) {
+	var o sessions.Quota
+	err := tx.QueryRow(ctx, `SELECT max_sessions, max_cpu_millis, max_memory_bytes FROM session_user_quotas WHERE user_id = $1`,
+		user).Scan(&o.MaxSessions, &o.MaxCPUMillis, &o.MaxMemoryBytes)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return o, err
+	}
+	return st.User.Merge(o), nil
+}
+
+// tenantSubject is the session_usage row of the whole tenant.
+const tenantSubject = ""
+
+// charge takes a session's requests from the tenant's and the owner's quotas. Each
+// conditional upsert holds its usage row until commit, so concurrent charges queue on the
+// row and each sees the others' effect: the quota can never be exceeded, whatever the
+// isolation level. The tenant row is always locked before the user's, by every path, so
+// charges and releases cannot deadlock.
+func charge(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64) error {
+	st, err := settings(ctx, tx)
+	if err != nil {
+		return err
+	}
+	uq, err := userQuota(ctx, tx, st, owner)
+	if err != nil {
+		return err
+	}
+	one := sessions.Usage{Sessions: 1, CPUMillis: cpu, MemoryBytes: mem}
+	for _, c := range []struct {
+		subject, who string
+		q            sessions.Quota
+	}{{tenantSubject, "the tenant's", st.Tenant}, {owner, "your", uq}} {
+		if what := one.Exceeds(c.q); what != "" {
+			return apperr.New(apperr.QuotaExceeded, "this session alone exceeds %s %s quota", c.who, what)
+		}
+		var n int64
+		err := tx.QueryRow(ctx, `INSERT INTO session_usage AS u (subject, sessions, cpu_millis, memory_bytes) VALUES ($1, 1, $2, $3)
+			ON CONFLICT (subject) DO UPDATE SET sessions = u.sessions + 1, cpu_millis = u.cpu_millis + $2, memory_bytes = u.memory_bytes + $3
+			WHERE ($4::bigint IS NULL OR u.sessions + 1 <= $4)
+			  AND ($5::bigint IS NULL OR u.cpu_millis + $2 <= $5)
+			  AND ($6::bigint IS NULL OR u.memory_bytes + $3 <= $6)
+			RETURNING sessions`, c.subject, cpu, mem, c.q.MaxSessions, c.q.MaxCPUMillis, c.q.MaxMemoryBytes).Scan(&n)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return quotaError(ctx, tx, c.subject, c.who, c.q, one)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// quotaError says which limit a refused charge would have broken.
+func quotaError(ctx context.Context, tx pgx.Tx, subject, who string, q sessions.Quota, one sessions.Usage) error {
+	var u sessions.Usage
+	if err := tx.QueryRow(ctx, `SELECT sessions, cpu_millis, memory_bytes FROM session_usage WHERE subject = $1`, subject).
+		Scan(&u.Sessions, &u.CPUMillis, &u.MemoryBytes); err != nil {
+		return err
+	}
+	u = sessions.Usage{Sessions: u.Sessions + one.Sessions, CPUMillis: u.CPUMillis + one.CPUMillis, MemoryBytes: u.MemoryBytes + one.MemoryBytes}
+	what := u.Exceeds(q)
+	if what == "" {
+		what = "session"
+	}
+	return apperr.New(apperr.QuotaExceeded, "starting this session would exceed %s %s quota; hibernate or stop another session first", who, what)
+}
+
+// release gives a session's requests back, in the same lock order as charge.
+func release(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64) error {
+	for _, subject := range []string{tenantSubject, owner} {
+		if _, err := tx.Exec(ctx, `UPDATE session_usage SET sessions = GREATEST(sessions - 1, 0),
+			cpu_millis = GREATEST(cpu_millis - $2, 0), memory_bytes = GREATEST(memory_bytes - $3, 0)
+			WHERE subject = $1`, subject, cpu, mem); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func pgCode(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+// Create implements sessions.Store.
+func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.Idempotency, actor string) (sessions.Session, bool, error) {
+	var (
+		out      sessions.Session
+		replayed bool
+	)
+	n := rec.Session
+	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		replayed = false
+		if idem != nil {
+			// Claim the key first. A concurrent request with the same key waits here on
+			// the unique index until this transaction ends, then finds the stored result.
+			tag, err := tx.Exec(ctx, `INSERT INTO session_idempotency (owner_id, key, request_hash) VALUES ($1, $2, $3)
+				ON CONFLICT DO NOTHING`, n.Owner, idem.Key, idem.RequestHash)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				var hash string
+				var sid string
+				if err := tx.QueryRow(ctx, `SELECT request_hash, session_id FROM session_idempotency WHERE owner_id = $1 AND key = $2`,
+					n.Owner, idem.Key).Scan(&hash, &sid); err != nil {
+					return err
+				}
+				if hash != idem.RequestHash {
+					return apperr.New(apperr.Conflict, "Idempotency-Key %q was already used with a different request", idem.Key)
+				}
+				// The first request's session, as it is now (it may have moved on since).
+				// A deleted session is still that request's result.
+				var err error
+				out, err = Scan(tx.QueryRow(ctx, `SELECT `+Columns+` FROM sessions WHERE id = $1`, sid))
+				replayed = true
+				return notFound(err)
+			}
+		}
+		if err := charge(ctx, tx, n.Owner, n.CPUMillis, n.MemoryBytes); err != nil {
+			return err
+		}
+		var err error
+		out, err = Scan(tx.QueryRow(ctx, `INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
+				spec, cpu_millis, memory_bytes, agent_tags, tags, desired, generation, phase, reason,
+				idle_timeout_seconds, max_duration_seconds)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16)
+			RETURNING `+Columns, string(n.ID), n.Owner, n.Name, n.Template, n.TemplateScope, n.TemplateVersion,
+			string(rec.Spec), n.CPUMillis, n.MemoryBytes, n.AgentTags, n.Tags, string(n.Desired), string(n.Phase), n.Reason,
+			n.IdleTimeoutSeconds, n.MaxDurationSeconds))
+		if err != nil {
+			return fmt.Errorf("inserting session: %w", err)
+		}
+		if idem != nil {
+			if _, err := tx.Exec(ctx, `UPDATE session_idempotency SET session_id = $3 WHERE owner_id = $1 AND key = $2`,
+				n.Owner, idem.Key, string(out.ID)); err != nil {
+				return err
+			}
+		}
+		if err := InsertEvent(ctx, tx, sessions.Event{SessionID: out.ID, Kind: sessions.EventCreated, Phase: out.Phase,
+			Desired: out.Desired, Generation: out.Generation, Reason: sessions.ReasonCreated,
+			Message: fmt.Sprintf("created from template %s (%s, version %d)", out.Template, out.TemplateScope, out.TemplateVersion),
+			Actor:   actor}); err != nil {
+			return err
+		}
+		if err := Audit(ctx, tx, actor, "session.create", out.ID, map[string]any{"template": out.Template,
+			"cpu_millis": out.CPUMillis, "memory_bytes": out.MemoryBytes}); err != nil {
+			return err
+		}
+		if err := NotifyWork(ctx, tx); err != nil {
+			return err
+		}
+		return NotifyChange(ctx, tx, out)
+	})
+	return out, replayed, err
+}
+
+// ownerClause limits a statement to the scope's owner; $2 must be the owner ("" for any).
+const ownerClause = `($2 = '' OR owner_id = $2)`
+
+// Get implements sessions.Store.
+func (s *Store) Get(ctx context.Context, id sessions.ID, scope sessions.Scope) (sessions.Session, error) {
+	var out sessions.Session
+	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+		var err error
+		out, err = Scan(tx.QueryRow(ctx, `SELECT `+Columns+` FROM sessions WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause,
+			string(id), scope.Owner))
+		return notFound(err)
+	})
+	return out, err
+}
+
+// List implements sessions.Store.
+func (s *Store) List(ctx context.Context, scope sessions.Scope, q sessions.StoreQuery) ([]sessions.Session, error) {
+	owner := scope.Owner
+	if owner == "" {
+		owner = q.Owner
+	}
+	var beforeAt *time.Time
+	beforeID := ""
+	if q.Before != nil {
+		beforeAt, beforeID = &q.Before.CreatedAt, string(q.Before.ID)
+	}
+	out := []sessions.Session{}
+	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+Columns+` FROM sessions
+			WHERE deleted_at IS NULL AND ($1 = '' OR owner_id = $1) AND ($2 = '' OR phase = $2) AND ($3 = '' OR $3 = ANY (tags))
+			  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+			ORDER BY created_at DESC, id DESC LIMIT $6`, owner, string(q.Phase), q.Tag, beforeAt, beforeID, q.Limit+1)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (sessions.Session, error) { return Scan(r) })
+		return err
+	})
+	return out, err
+}
+
+// Transition implements sessions.Store.
+func (s *Store) Transition(ctx context.Context, id sessions.ID, scope sessions.Scope, actor string,
+	decide func(sessions.Session) (sessions.Decision, error)) (sessions.Session, error) {
+	var out sessions.Session
+	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		cur, err := Scan(tx.QueryRow(ctx, `SELECT `+Columns+` FROM sessions WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause+` FOR UPDATE`,
+			string(id), scope.Owner))
+		if err != nil {
+			return notFound(err)
+		}
+		d, err := decide(cur)
+		if err != nil {
+			return err
+		}
+		if d.Noop {
+			out = cur
+			return nil
+		}
+		out, err = ApplyDecision(ctx, tx, cur, d, actor)
+		return err
+	})
+	return out, err
+}
+
+// ApplyDecision writes decision d about the locked session cur: usage, the row, its event,
+// the audit entry and the notifications. The scheduler uses it too.
+func ApplyDecision(ctx context.Context, tx pgx.Tx, cur sessions.Session, d sessions.Decision, actor string) (sessions.Session, error) {
+	if d.Charge {
+		if err := charge(ctx, tx, cur.Owner, cur.CPUMillis, cur.MemoryBytes); err != nil {
+			return cur, err
+		}
+	}
+	if d.Release {
+		if err := release(ctx, tx, cur.Owner, cur.CPUMillis, cur.MemoryBytes); err != nil {
+			return cur, err
+		}
+	}
+	gen := cur.Generation
+	if d.Bump {
+		gen++
+	}
+	dispatched := cur.DispatchedGeneration
+	if d.Settled {
+		dispatched = gen
+	}
+	next, err := Scan(tx.QueryRow(ctx, `UPDATE sessions SET desired = $2, generation = $3, dispatched_generation = $4,
+			phase = $5, reason = $6, message = $7,
+			phase_since = CASE WHEN phase <> $5 THEN now() ELSE phase_since END,
+			endpoint = CASE WHEN $5 = 'Running' THEN endpoint END,
+			last_activity = CASE WHEN $8 THEN now() ELSE last_activity END,
+			deleted_at = CASE WHEN $9 THEN now() ELSE deleted_at END,
+			updated_at = now()
+		WHERE id = $1 RETURNING `+Columns, string(cur.ID), string(d.Desired), gen, dispatched,
+		string(d.Phase), d.Reason, d.Message, d.Charge, d.Delete))
+	if err != nil {
+		return cur, err
+	}
+	kind := sessions.EventDesired
+	if d.Delete {
+		kind = sessions.EventDeleted
+	}
+	if err := InsertEvent(ctx, tx, sessions.Event{SessionID: cur.ID, Kind: kind, Phase: next.Phase, Desired: next.Desired,
+		Generation: next.Generation, Reason: d.Reason, Message: d.Message, Actor: actor}); err != nil {
+		return next, err
+	}
+	if err := Audit(ctx, tx, actor, "session."+string(d.Action), cur.ID, map[string]any{
+		"from_desired": cur.Desired, "desired": next.Desired, "phase": next.Phase, "reason": d.Reason}); err != nil {
+		return next, err
+	}
+	if next.Generation > next.DispatchedGeneration {
+		if err := NotifyWork(ctx, tx); err != nil {
+			return next, err
+		}
+	}
+	return next, NotifyChange(ctx, tx, next)
+}
+
+// SetTags implements sessions.Store.
+func (s *Store) SetTags(ctx context.Context, id sessions.ID, scope sessions.Scope, tags []string, actor string) (sessions.Session, error) {
+	var out sessions.Session
+	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		var err error
+		out, err = Scan(tx.QueryRow(ctx, `UPDATE sessions SET tags = $3, updated_at = now()
+			WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause+` RETURNING `+Columns, string(id), scope.Owner, tags))
+		if err != nil {
+			return notFound(err)
+		}
+		if err := InsertEvent(ctx, tx, sessions.Event{SessionID: id, Kind: sessions.EventTags, Phase: out.Phase,
+			Desired: out.Desired, Generation: out.Generation, Actor: actor}); err != nil {
+			return err
+		}
+		if err := Audit(ctx, tx, actor, "session.tags", id, map[string]any{"tags": tags}); err != nil {
+			return err
+		}
+		return NotifyChange(ctx, tx, out)
+	})
+	return out, err
+}
+
+// Events implements sessions.Store.
+func (s *Store) Events(ctx context.Context, id sessions.ID, scope sessions.Scope) ([]sessions.Event, error) {
+	out := []sessions.Event{}
+	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+		var ok bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause+`)`,
+			string(id), scope.Owner).Scan(&ok); err != nil {
+			return err
+		}
+		if !ok {
+			return apperr.New(apperr.NotFound, "session not found")
+		}
+		rows, err := tx.Query(ctx, `SELECT id, session_id, at, kind, phase, desired, generation, reason, message, actor
+			FROM session_events WHERE session_id = $1 ORDER BY id`, string(id))
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (sessions.Event, error) {
+			var e sessions.Event
+			err := r.Scan(&e.ID, &e.SessionID, &e.At, &e.Kind, &e.Phase, &e.Desired, &e.Generation, &e.Reason, &e.Message, &e.Actor)
+			return e, err
+		})
+		return err
+	})
+	return out, err
+}
+
+// Touch implements sessions.Store.
+func (s *Store) Touch(ctx context.Context, id sessions.ID, scope sessions.Scope) error {
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE sessions SET last_activity = now() WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause,
+			string(id), scope.Owner)
+		if err == nil && tag.RowsAffected() == 0 {
+			return apperr.New(apperr.NotFound, "session not found")
+		}
+		return err
+	})
+}
+
+// RecordActivity sets the last activity of the context tenant's sessions ids to now: the
+// gateway calls it (as auth.AsSystem for the tenant) for sessions that carried traffic.
+// Unknown ids are ignored.
+func (s *Store) RecordActivity(ctx context.Context, ids []sessions.ID) error {
+	strs := make([]string, len(ids))
+	for i, id := range ids {
+		strs[i] = string(id)
+	}
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE sessions SET last_activity = now() WHERE id = ANY ($1) AND deleted_at IS NULL`, strs)
+		return err
+	})
+}
+
+// Settings implements sessions.Store.
+func (s *Store) Settings(ctx context.Context) (sessions.Settings, error) {
+	var out sessions.Settings
+	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+		var err error
+		out, err = settings(ctx, tx)
+		return err
+	})
+	return out, err
+}
+
+// SetSettings implements sessions.Store.
+func (s *Store) SetSettings(ctx context.Context, st sessions.Settings, actor string) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2::jsonb)
+			ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()`, sessions.SettingsKey, string(b)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO audit_log (actor, action, target, details) VALUES ($1, 'sessions.settings', 'settings:sessions', $2::jsonb)`,
+			actor, string(b))
+		return err
+	})
+}
+
+// SetUserQuota implements sessions.Store.
+func (s *Store) SetUserQuota(ctx context.Context, user string, q sessions.Quota, actor string) error {
+	b, err := json.Marshal(q)
+	if err != nil {
+		return err
+	}
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO session_user_quotas (user_id, max_sessions, max_cpu_millis, max_memory_bytes)
+			VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE SET max_sessions = EXCLUDED.max_sessions,
+			max_cpu_millis = EXCLUDED.max_cpu_millis, max_memory_bytes = EXCLUDED.max_memory_bytes, updated_at = now()`,
+			user, q.MaxSessions, q.MaxCPUMillis, q.MaxMemoryBytes); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO audit_log (actor, action, target, details) VALUES ($1, 'sessions.user_quota', $2, $3::jsonb)`,
+			actor, "user:"+user, string(b))
+		return err
+	})
+}
