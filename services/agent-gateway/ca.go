@@ -173,7 +173,8 @@ type Identity struct {
 func IdentityOf(cert *x509.Certificate) (Identity, error) {
 	var found []Identity
 	for _, u := range cert.URIs {
-		if u.Scheme != "spiffe" || u.Host != "streamspace" || u.RawQuery != "" || u.Fragment != "" {
+		if u.Scheme != "spiffe" || u.Host != "streamspace" || u.User != nil || u.Opaque != "" || u.RawPath != "" ||
+			u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 			continue
 		}
 		m := agentURIPattern.FindStringSubmatch(u.Path)

@@ -11,7 +11,7 @@ require (
 	go.opentelemetry.io/otel/sdk v1.47.0
 	go.opentelemetry.io/otel/trace v1.47.0
 	streamspace.dev/libs v0.0.0
-	streamspace.dev/services/identity v0.0.0-00010101000000-000000000000
+	streamspace.dev/services/identity v0.0.0
 	streamspace.dev/tenants v0.0.0
 )
 

@@ -24,8 +24,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
@@ -275,7 +275,13 @@ func dialQUIC(t testing.TB, addr string, e enrolled) (*quic.Conn, error) {
 // connect dials gw and completes Hello / HelloAck.
 func connect(t testing.TB, gw *gateway.Gateway, e enrolled) (*testAgent, error) {
 	t.Helper()
-	conn, err := dialQUIC(t, gw.Addr(), e)
+	return connectAddr(t, gw.Addr(), e)
+}
+
+// connectAddr is connect to a gateway address.
+func connectAddr(t testing.TB, addr string, e enrolled) (*testAgent, error) {
+	t.Helper()
+	conn, err := dialQUIC(t, addr, e)
 	if err != nil {
 		return nil, err
 	}
@@ -450,4 +456,12 @@ func mustTenant(t testing.TB, ctx context.Context) tenant.ID {
 // sysCtx acts for an enrolled agent's tenant, as the gateway does for its reports.
 func sysCtx(e enrolled) context.Context {
 	return auth.AsSystem(context.Background(), e.resp.TenantID, "test")
+}
+
+func parseURL(s string) ([]*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	return []*url.URL{u}, nil
 }

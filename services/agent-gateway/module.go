@@ -27,28 +27,31 @@ func New(d server.Deps, cfg Config, store Store, enroller Enroller) (*Module, er
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	gw, err := StartGateway(ctx, cfg, GatewayOptions{Store: store, Enroller: enroller,
-		ConnConfig: d.DB.Pool().Config().ConnConfig, Logger: d.Logger.With("service", Name)})
+		ConnConfig: d.DB.Pool().Config().ConnConfig, Logger: d.Logger, Registry: d.Registry})
 	if err != nil {
 		return nil, err
 	}
 	svc := NewService(store, gw.Revoke)
-	eps := MakeEndpoints(svc)
-	if d.Ready != nil {
-		d.Ready.AddCheck("agent-listener", func(context.Context) error { return nil })
-	}
+	eps := MakeEndpoints(svc, Logging(d.Logger), Metrics(d.Registry))
 	return &Module{gw: gw, svc: svc, routes: Routes(eps, d.Verifier, d.Logger)}, nil
 }
 
 // Name implements server.Module.
 func (m *Module) Name() string { return Name }
 
-// Register implements server.Module: the admin API and, for edges that terminate TLS
-// themselves, the enrollment endpoint.
+// Register implements server.Module: the admin API, the CA certificate and, for edges that
+// terminate TLS themselves, the enrollment endpoint.
 func (m *Module) Register(mux *http.ServeMux) {
 	for _, r := range m.routes {
 		mux.Handle(r.Pattern, r.handler)
 	}
 	mux.Handle("POST "+EnrollPath, m.gw.EnrollHTTP())
+	// The CA is public: the portal shows it, and agents need it to trust the enrollment
+	// listener before they hold any credential.
+	mux.HandleFunc("GET "+CAPath, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		_, _ = w.Write([]byte(m.gw.CA().PEM()))
+	})
 }
 
 // Service returns the service, for in-process callers (sessions will write assignments

@@ -18,7 +18,6 @@ const maxBody = maxSpec + 4<<10
 // Route is one served route: its ServeMux pattern and handler.
 type Route struct {
 	Pattern string
-	Public  bool
 	handler http.Handler
 }
 

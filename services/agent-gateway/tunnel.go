@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -81,6 +82,7 @@ type Gateway struct {
 	log      *slog.Logger
 	tracer   trace.Tracer
 	hub      *hub
+	metrics  *metrics
 
 	udp   net.PacketConn
 	ql    *quic.Listener
@@ -101,6 +103,8 @@ type GatewayOptions struct {
 	Logger     *slog.Logger
 	// TracerProvider defaults to the global one.
 	TracerProvider trace.TracerProvider
+	// Registry, if set, receives the tunnel's metrics.
+	Registry prometheus.Registerer
 }
 
 // StartGateway loads (or creates) the CA, binds the agents' address on UDP and TCP and
@@ -129,6 +133,7 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	g := &Gateway{cfg: cfg, id: cfg.GatewayID, store: o.Store, ca: ca, enroller: o.Enroller,
 		log: o.Logger.With("gateway_id", cfg.GatewayID), tracer: tp.Tracer("streamspace.dev/services/agent-gateway")}
 	g.hub = newHub(g.log, o.ConnConfig)
+	g.metrics = newMetrics(o.Registry)
 
 	var serverCert tls.Certificate
 	if cfg.TLSCertFile != "" {
@@ -156,16 +161,9 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 
 // listen binds UDP and TCP on the same port, so agents need one address for both.
 func (g *Gateway) listen(cert tls.Certificate) error {
-	udp, err := net.ListenPacket("udp", g.cfg.Listen)
+	udp, tcp, err := bindPair(g.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("listening on udp %s: %w", g.cfg.Listen, err)
-	}
-	host, _, _ := net.SplitHostPort(g.cfg.Listen)
-	port := udp.LocalAddr().(*net.UDPAddr).Port
-	tcp, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(port)))
-	if err != nil {
-		udp.Close()
-		return fmt.Errorf("listening on tcp port %d: %w", port, err)
+		return err
 	}
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
@@ -196,6 +194,31 @@ func (g *Gateway) listen(cert tls.Certificate) error {
 	g.https = &http.Server{Handler: g.enrollHandler(), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)}
 	return nil
+}
+
+// bindPair binds UDP and then TCP on the same port. With port 0 the UDP port is picked
+// by the kernel and may be taken on TCP; a few fresh picks fix that.
+func bindPair(addr string) (net.PacketConn, net.Listener, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	attempts := 1
+	if port == "0" {
+		attempts = 20
+	}
+	var err error
+	for range attempts {
+		var udp net.PacketConn
+		if udp, err = net.ListenPacket("udp", addr); err != nil {
+			return nil, nil, fmt.Errorf("listening on udp %s: %w", addr, err)
+		}
+		p := udp.LocalAddr().(*net.UDPAddr).Port
+		var tcp net.Listener
+		if tcp, err = net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(p))); err == nil {
+			return udp, tcp, nil
+		}
+		udp.Close()
+		err = fmt.Errorf("listening on tcp port %d: %w", p, err)
+	}
+	return nil, nil, err
 }
 
 func (g *Gateway) verifyAgent(cs tls.ConnectionState) error {
@@ -254,9 +277,10 @@ func (g *Gateway) Close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 	}
+	// Closing the socket also ends handshakes still in flight, which hold no claim yet.
 	g.cancel()
-	g.wg.Wait()
 	g.udp.Close()
+	g.wg.Wait()
 	return shutdownErr
 }
 
@@ -406,6 +430,9 @@ func (c *agentConn) close(r closeReason) {
 // and closes the tunnel.
 func (c *agentConn) fail(w *wire.Writer, err error, r closeReason) {
 	c.log.Info("agent tunnel failed", "err", err)
+	if r == closeProtocol {
+		c.g.metrics.protocolFails.Inc()
+	}
 	if w != nil {
 		_ = w.Write(wire.ErrorOf(err))
 		time.Sleep(flushDelay)
@@ -437,6 +464,8 @@ func (g *Gateway) serve(qc *quic.Conn) {
 			c.log.Warn("releasing the owner row", "err", err)
 		}
 	}()
+	g.metrics.tunnels.Inc()
+	defer g.metrics.tunnels.Dec()
 	var wg sync.WaitGroup
 	wg.Go(func() { c.pushLoop(ctx, held.set) })
 	wg.Go(func() { c.acceptStreams(ctx) })
@@ -614,6 +643,7 @@ func (c *agentConn) handleStatus(ctx context.Context, m *wire.StatusReport) erro
 		return err
 	}
 	if len(refused) > 0 {
+		c.g.metrics.refused.Add(float64(len(refused)))
 		span.SetAttributes(attribute.Int("streamspace.refused", len(refused)))
 		c.log.Warn("refused status for sessions not assigned to this agent in its tenant", "sessions", refused)
 	}
@@ -632,11 +662,20 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 	if err := c.g.store.Ack(c.sys(ctx), c.id.Agent, a.SessionID, a.Generation, a.Error); err != nil {
 		span.RecordError(err)
 		if apperr.IsCode(err, apperr.NotFound) {
+			c.g.metrics.acks.WithLabelValues("refused").Inc()
 			c.log.Warn("refused ack for a session not assigned to this agent", "session_id", a.SessionID)
 		} else {
 			c.log.Warn("recording ack", "err", err)
 		}
 		return
+	}
+	switch {
+	case a.Error == nil:
+		c.g.metrics.acks.WithLabelValues("applied").Inc()
+	case a.Error.Permanent:
+		c.g.metrics.acks.WithLabelValues("permanent").Inc()
+	default:
+		c.g.metrics.acks.WithLabelValues("retryable").Inc()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -807,6 +846,11 @@ func (c *agentConn) push(ctx context.Context, full bool, set []Assignment) {
 			attribute.Int("streamspace.assignments", len(set))))
 	defer span.End()
 	err := c.pushStream(pctx, full, set)
+	kind, result := map[bool]string{true: "full", false: "partial"}[full], "ok"
+	if err != nil {
+		result = "error"
+	}
+	c.g.metrics.pushes.WithLabelValues(kind, result).Inc()
 	if err != nil && ctx.Err() == nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "delivery failed")

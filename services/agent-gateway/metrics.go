@@ -1,0 +1,56 @@
+package gateway
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the tunnel's Prometheus series. Labels are fixed small sets, never ids.
+type metrics struct {
+	tunnels       prometheus.Gauge
+	pushes        *prometheus.CounterVec
+	acks          *prometheus.CounterVec
+	refused       prometheus.Counter
+	protocolFails prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		tunnels: prometheus.NewGauge(prometheus.GaugeOpts{Name: "agent_gateway_tunnels",
+			Help: "Agent tunnels held by this replica."}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agent_gateway_pushes_total",
+			Help: "Desired-state pushes, by kind (full, partial) and result (ok, error)."}, []string{"kind", "result"}),
+		acks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agent_gateway_acks_total",
+			Help: "Acknowledgements from agents, by result (applied, retryable, permanent, refused)."}, []string{"result"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_status_refused_total",
+			Help: "Session statuses refused because the session is not the reporting agent's in its tenant."}),
+		protocolFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_protocol_errors_total",
+			Help: "Tunnels closed because the agent broke the protocol."}),
+	}
+	if reg == nil {
+		return m
+	}
+	m.tunnels = reuse(reg, m.tunnels)
+	m.pushes = reuse(reg, m.pushes)
+	m.acks = reuse(reg, m.acks)
+	m.refused = reuse(reg, m.refused)
+	m.protocolFails = reuse(reg, m.protocolFails)
+	return m
+}
+
+// reuse registers c, or returns the equal collector already registered (two replicas in
+// one test process share a registry).
+func reuse[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if reg == nil {
+		return c
+	}
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	return c
+}

@@ -1,0 +1,113 @@
+package postgres_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/auth/authtest"
+	"streamspace.dev/libs/tenant"
+	"streamspace.dev/libs/wire"
+	gateway "streamspace.dev/services/agent-gateway"
+	"streamspace.dev/services/agent-gateway/postgres"
+	"streamspace.dev/tenants/tenantstest"
+)
+
+func ctxOf(id tenant.ID) context.Context {
+	return authtest.Context(context.Background(), auth.Principal{Kind: auth.KindUser, Tenant: id, Subject: "u", Role: auth.RoleAdmin})
+}
+
+// Another tenant sees nothing of an agent, its assignments or its statuses, and cannot
+// change or delete them, even knowing their ids.
+func TestTenantIsolation(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	a, _ := env.Tenant(t, "alpha")
+	b, _ := env.Tenant(t, "bravo")
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	ca, cb := ctxOf(a.ID), ctxOf(b.ID)
+	id := gateway.NewAgentID()
+	if err := s.CreateAgent(ca, gateway.Agent{ID: id, Name: "edge", Tags: []string{"x"}}, "tok"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Assign(ca, gateway.AssignmentInput{SessionID: "s1", AgentID: id, Desired: wire.DesiredRunning}, ""); err != nil {
+		t.Fatal(err)
+	}
+	o := gateway.Owner{Gateway: "gw", Conn: "c1"}
+	if err := s.Claim(context.Background(), id, o); err != nil {
+		t.Fatal(err)
+	}
+	if refused, err := s.ReportStatus(ca, id, o, []wire.SessionStatus{{SessionID: "s1", Phase: wire.PhaseRunning, ObservedAt: time.Now()}}); err != nil || len(refused) != 0 {
+		t.Fatalf("report: %v %v", refused, err)
+	}
+
+	if list, err := s.Agents(cb); err != nil || len(list) != 0 {
+		t.Fatalf("B lists %v %v", list, err)
+	}
+	for name, err := range map[string]error{
+		"agent":      func() error { _, err := s.Agent(cb, id); return err }(),
+		"update":     func() error { n := "x"; _, err := s.UpdateAgent(cb, id, gateway.AgentPatch{Name: &n}); return err }(),
+		"delete":     s.DeleteAgent(cb, id),
+		"assignment": func() error { _, err := s.Assignment(cb, "s1"); return err }(),
+		"status":     func() error { _, err := s.SessionStatus(cb, "s1"); return err }(),
+		"ack":        s.Ack(cb, id, "s1", 1, nil),
+		"assign": func() error {
+			_, err := s.Assign(cb, gateway.AssignmentInput{SessionID: "s9", AgentID: id, Desired: wire.DesiredRunning}, "")
+			return err
+		}(),
+	} {
+		if !apperr.IsCode(err, apperr.NotFound) {
+			t.Errorf("%s from tenant B: %v, want not_found", name, err)
+		}
+	}
+	// B's "agent" report for A's agent finds nothing of B's to touch.
+	if _, err := s.ReportStatus(cb, id, o, []wire.SessionStatus{{SessionID: "s1", Phase: wire.PhaseFailed}}); err == nil {
+		if st, _ := s.SessionStatus(ca, "s1"); st.Phase != wire.PhaseRunning {
+			t.Fatalf("B overwrote A's status: %+v", st)
+		}
+	}
+	if tid, err := s.DirectoryTenant(context.Background(), id); err != nil || tid != a.ID {
+		t.Fatalf("directory %s %v", tid, err)
+	}
+	// No tenant in the context: nothing at all.
+	if _, err := s.Agents(context.Background()); err == nil {
+		t.Fatal("a context without a tenant listed agents")
+	}
+}
+
+// Renewing ownership reports exactly the agents whose claim was lost.
+func TestOwnership(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	a, _ := env.Tenant(t, "alpha")
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	ctx := ctxOf(a.ID)
+	x, y := gateway.NewAgentID(), gateway.NewAgentID()
+	for _, id := range []gateway.AgentID{x, y} {
+		if err := s.CreateAgent(ctx, gateway.Agent{ID: id, Name: string(id)}, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Claim(context.Background(), id, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(id)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Claim(context.Background(), y, gateway.Owner{Gateway: "gw-1", Conn: "new"}); err != nil {
+		t.Fatal(err)
+	}
+	lost, err := s.RenewOwnership(context.Background(), "gw-0", map[gateway.AgentID]string{x: "old-" + string(x), y: "old-" + string(y)})
+	if err != nil || len(lost) != 1 || lost[0] != y {
+		t.Fatalf("lost %v %v, want [%s]", lost, err, y)
+	}
+	// The superseded connection's writes are fenced off.
+	if err := s.RecordHeartbeat(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}, gateway.Capacity{}); err != gateway.ErrNotOwner {
+		t.Fatalf("stale heartbeat: %v", err)
+	}
+	if err := s.Release(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}); err != gateway.ErrNotOwner {
+		t.Fatalf("stale release: %v", err)
+	}
+	if err := s.Claim(context.Background(), gateway.NewAgentID(), gateway.Owner{Gateway: "gw", Conn: "c"}); !apperr.IsCode(err, apperr.NotFound) {
+		t.Fatalf("claiming an unknown agent: %v", err)
+	}
+}
