@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/seal"
 	"streamspace.dev/libs/tenant"
 )
 
@@ -44,7 +45,7 @@ type CA struct {
 // LoadCA returns the stored CA, creating it first when there is none. Replicas starting
 // at once race benignly: the store keeps the first and every replica uses that one.
 func LoadCA(ctx context.Context, store Store, kek []byte) (*CA, error) {
-	s, err := newSealer(kek)
+	s, err := seal.New(kek)
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +63,7 @@ func LoadCA(ctx context.Context, store Store, kek []byte) (*CA, error) {
 	return openCA(row, s)
 }
 
-func newCARow(s *sealer) (StoredCA, error) {
+func newCARow(s *seal.Sealer) (StoredCA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return StoredCA{}, err
@@ -89,11 +90,15 @@ func newCARow(s *sealer) (StoredCA, error) {
 	if err != nil {
 		return StoredCA{}, err
 	}
+	sealed, err := s.Seal(pkcs8, []byte(id))
+	if err != nil {
+		return StoredCA{}, err
+	}
 	return StoredCA{ID: id, CertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		SealedKey: s.seal(pkcs8, id), NotAfter: tmpl.NotAfter, CreatedAt: now}, nil
+		SealedKey: sealed, NotAfter: tmpl.NotAfter, CreatedAt: now}, nil
 }
 
-func openCA(row StoredCA, s *sealer) (*CA, error) {
+func openCA(row StoredCA, s *seal.Sealer) (*CA, error) {
 	block, _ := pem.Decode([]byte(row.CertPEM))
 	if block == nil {
 		return nil, errors.New("stored CA certificate is not PEM")
@@ -102,7 +107,7 @@ func openCA(row StoredCA, s *sealer) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing the stored CA certificate: %w", err)
 	}
-	plain, err := s.open(row.SealedKey, row.ID)
+	plain, err := s.Open(row.SealedKey, []byte(row.ID))
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"streamspace.dev/libs/config"
+	"streamspace.dev/libs/seal"
 )
 
 // Defaults of the gateway's settings.
@@ -133,7 +134,7 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.KEK == "" {
 		errs = append(errs, errors.New("--kek (or STREAMSPACE_KEK) is required"))
-	} else if _, err := ParseKEK(c.KEK); err != nil {
+	} else if _, err := seal.ParseKey(c.KEK); err != nil {
 		errs = append(errs, fmt.Errorf("--kek: %w", err))
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {

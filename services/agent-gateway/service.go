@@ -13,12 +13,6 @@ import (
 	"streamspace.dev/libs/auth"
 )
 
-// Scopes of personal API tokens that the admin API honours (identity defines them).
-const (
-	ScopeAgentsRead  = "agents:read"
-	ScopeAgentsWrite = "agents:write"
-)
-
 // Limits on admin input.
 const (
 	maxTags      = 32
@@ -57,7 +51,7 @@ func requireAdmin(ctx context.Context, scope string) error {
 
 // Agents implements Service.
 func (s *service) Agents(ctx context.Context) ([]Agent, error) {
-	if err := requireAdmin(ctx, ScopeAgentsRead); err != nil {
+	if err := requireAdmin(ctx, auth.ScopeAgentsRead); err != nil {
 		return nil, err
 	}
 	return s.store.Agents(ctx)
@@ -65,7 +59,7 @@ func (s *service) Agents(ctx context.Context) ([]Agent, error) {
 
 // Agent implements Service.
 func (s *service) Agent(ctx context.Context, id AgentID) (Agent, error) {
-	if err := requireAdmin(ctx, ScopeAgentsRead); err != nil {
+	if err := requireAdmin(ctx, auth.ScopeAgentsRead); err != nil {
 		return Agent{}, err
 	}
 	if _, err := ParseAgentID(string(id)); err != nil {
@@ -95,7 +89,7 @@ func normalizeTags(tags []string) ([]string, error) {
 
 // UpdateAgent implements Service.
 func (s *service) UpdateAgent(ctx context.Context, id AgentID, p AgentPatch) (Agent, error) {
-	if err := requireAdmin(ctx, ScopeAgentsWrite); err != nil {
+	if err := requireAdmin(ctx, auth.ScopeAgentsWrite); err != nil {
 		return Agent{}, err
 	}
 	if _, err := ParseAgentID(string(id)); err != nil {
@@ -120,7 +114,7 @@ func (s *service) UpdateAgent(ctx context.Context, id AgentID, p AgentPatch) (Ag
 
 // DeleteAgent implements Service.
 func (s *service) DeleteAgent(ctx context.Context, id AgentID) error {
-	if err := requireAdmin(ctx, ScopeAgentsWrite); err != nil {
+	if err := requireAdmin(ctx, auth.ScopeAgentsWrite); err != nil {
 		return err
 	}
 	if _, err := ParseAgentID(string(id)); err != nil {
@@ -135,7 +129,7 @@ func (s *service) DeleteAgent(ctx context.Context, id AgentID) error {
 
 // Assign implements Service.
 func (s *service) Assign(ctx context.Context, in AssignmentInput) (Assignment, error) {
-	if err := requireAdmin(ctx, ScopeAgentsWrite); err != nil {
+	if err := requireAdmin(ctx, auth.ScopeAgentsWrite); err != nil {
 		return Assignment{}, err
 	}
 	var fields []apperr.FieldError
@@ -172,7 +166,7 @@ func traceParent(ctx context.Context) string {
 
 // Assignment implements Service.
 func (s *service) Assignment(ctx context.Context, id SessionID) (Assignment, error) {
-	if err := requireAdmin(ctx, ScopeAgentsRead); err != nil {
+	if err := requireAdmin(ctx, auth.ScopeAgentsRead); err != nil {
 		return Assignment{}, err
 	}
 	return s.store.Assignment(ctx, id)
@@ -188,7 +182,7 @@ func (s *service) AgentAssignments(ctx context.Context, id AgentID) ([]Assignmen
 
 // SessionStatus implements Service.
 func (s *service) SessionStatus(ctx context.Context, id SessionID) (SessionStatus, error) {
-	if err := requireAdmin(ctx, ScopeAgentsRead); err != nil {
+	if err := requireAdmin(ctx, auth.ScopeAgentsRead); err != nil {
 		return SessionStatus{}, err
 	}
 	return s.store.SessionStatus(ctx, id)

@@ -27,6 +27,7 @@ import (
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/seal"
 	"streamspace.dev/libs/wire"
 	"streamspace.dev/libs/wire/wireotel"
 )
@@ -114,7 +115,7 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	kek, _ := ParseKEK(cfg.KEK)
+	kek, _ := seal.ParseKey(cfg.KEK)
 	ca, err := LoadCA(ctx, o.Store, kek)
 	if err != nil {
 		return nil, err
