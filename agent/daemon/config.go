@@ -36,7 +36,7 @@ type Config struct {
 	// StateDir holds the agent's key and certificate.
 	StateDir string
 	// Name labels the CSR; the registry takes the agent's name from the token. Tags are
-	// reported in Hello's capabilities.
+	// reported in Hello's tags.
 	Name string
 	Tags string
 	// LogLevel is debug, info, warn or error.

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"syscall"
 	"time"
 
@@ -122,7 +121,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	backend := newBackend(cfg)
 	defer backend.Close()
-	var b agent.Backend = withTags{backend, cfg.TagList()}
+	var b agent.Backend = backend
 	rec := reconcile.New(b, log)
 	// The reconcile loop outlives the tunnel's drain, so the last status changes of
 	// in-flight applies can still be reported; it stops when Run returns.
@@ -133,7 +132,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	t := tunnel.New(tunnel.Config{
 		Addr: cfg.Gateway, ServerName: cfg.ServerName, RootCAs: roots,
-		Credential: enroll.NewHolder(cred, store), Reconciler: rec, Backend: b, AgentVersion: Version,
+		Credential: enroll.NewHolder(cred, store), Reconciler: rec, Backend: b, AgentVersion: Version, Tags: cfg.TagList(),
 		KeepAlive: cfg.KeepAlive, IdleTimeout: cfg.IdleTimeout, Heartbeat: cfg.Heartbeat,
 		DrainTimeout: cfg.DrainTimeout, Backoff: backoff.Policy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
 		Log: log,
@@ -206,26 +205,4 @@ func newBackend(cfg Config) *memory.Backend {
 		Allocatable:         wire.Capacity{CPUAllocatableMillis: 8000, MemoryAllocatableBytes: 16 << 30, MaxSessions: 20},
 		PerSessionCPUMillis: 500, PerSessionMemoryBytes: 1 << 30,
 	})
-}
-
-// withTags adds the operator's -tags to the backend's capabilities: Hello has no field
-// of its own for agent-reported tags, and the gateway records capabilities as the
-// agent's reported tags.
-type withTags struct {
-	agent.Backend
-	tags []string
-}
-
-// Info implements agent.Backend.
-func (w withTags) Info(ctx context.Context) (agent.Info, error) {
-	info, err := w.Backend.Info(ctx)
-	if err != nil {
-		return info, err
-	}
-	for _, t := range w.tags {
-		if !slices.Contains(info.Capabilities, t) {
-			info.Capabilities = append(info.Capabilities, t)
-		}
-	}
-	return info, nil
 }

@@ -22,12 +22,12 @@ const sessionDialTimeout = 10 * time.Second
 func (c *conn) serveSession(st *quic.Stream, rd *wire.Reader) {
 	w := wire.NewWriter(st)
 	if err := w.WritePreamble(wire.StreamSession); err != nil {
-		st.CancelRead(quic.StreamErrorCode(closeProtocol))
+		st.CancelRead(scode(wire.CloseProtocol))
 		return
 	}
 	refuse := func(e *wire.Error) {
 		_ = w.Write(e)
-		st.CancelRead(quic.StreamErrorCode(closeNormal))
+		st.CancelRead(scode(wire.CloseNormal))
 		_ = st.Close()
 	}
 	msg, err := rd.Read()
@@ -65,12 +65,12 @@ func (c *conn) serveSession(st *quic.Stream, rd *wire.Reader) {
 	})
 	_, err = io.Copy(st, target)
 	if err != nil && !errors.Is(err, io.EOF) {
-		st.CancelWrite(quic.StreamErrorCode(closeNormal))
+		st.CancelWrite(scode(wire.CloseNormal))
 	} else {
 		_ = st.Close()
 	}
 	// Tear down the other direction too once the session side is done.
-	st.CancelRead(quic.StreamErrorCode(closeNormal))
+	st.CancelRead(scode(wire.CloseNormal))
 	_ = target.Close()
 	wg.Wait()
 }

@@ -22,9 +22,14 @@ func (e *GoodbyeError) Error() string {
 }
 
 // RefusedError says the gateway refused the agent's certificate in the TLS handshake.
-// It is permanent in spirit (a deleted agent's certificate is refused for ever) but a
-// gateway that cannot reach its database refuses the same way, so the supervisor only
-// gives up once refusals have lasted Supervisor.RefusalGrace.
+// A gateway of protocol 1.1 or later refuses only on the registry's definite answer (the
+// agent is unknown or deleted, or its tenant is not active); when it cannot ask the
+// registry it accepts the handshake and answers Hello with a retryable "unavailable"
+// error (close code wire.CloseUnavailable), which is not a RefusedError and ends a run
+// of refusals. But the agent cannot tell such a gateway from an older one, which refuses
+// the same way on a database failure, nor a refusal from a TLS failure with another
+// cause, so the supervisor only gives up once refusals have lasted
+// Supervisor.RefusalGrace with nothing else in between.
 type RefusedError struct{ Err error }
 
 // Error implements error.
@@ -62,7 +67,8 @@ type Supervisor struct {
 	// agent at once still sees backoff growing. 30 s when zero.
 	StableAfter time.Duration
 	// RefusalGrace is how long certificate refusals (RefusedError) must go on, with no
-	// other outcome in between, before they count as permanent. 2 min when zero.
+	// other outcome in between (a retryable "unavailable" from the gateway counts as
+	// another outcome), before they count as permanent. 2 min when zero.
 	RefusalGrace time.Duration
 	// Sleep waits d or until ctx is done; a real timer when nil.
 	Sleep func(ctx context.Context, d time.Duration) error

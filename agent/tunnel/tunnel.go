@@ -43,12 +43,13 @@ const (
 	DefaultDrainTimeout     = 10 * time.Second
 )
 
-// QUIC application error codes the agent closes connections with. libs/wire does not
-// define any; the gateway should read the control stream (Goodbye, Error), not these.
-const (
-	closeNormal   quic.ApplicationErrorCode = 0x0
-	closeProtocol quic.ApplicationErrorCode = 0x1
-)
+// qcode converts a close code of the protocol (libs/wire defines them once, for the
+// agent and the gateway) to quic-go's type. The agent closes with CloseNormal after its
+// Goodbye and CloseProtocol after an error; the gateway reads the control stream first.
+func qcode(c wire.CloseCode) quic.ApplicationErrorCode { return quic.ApplicationErrorCode(c) }
+
+// scode is qcode for stream resets.
+func scode(c wire.CloseCode) quic.StreamErrorCode { return quic.StreamErrorCode(c) }
 
 // Config is what a Tunnel needs.
 type Config struct {
@@ -67,6 +68,8 @@ type Config struct {
 	Backend agent.Backend
 	// AgentVersion is the agent's release, for Hello.
 	AgentVersion string
+	// Tags are the operator's tags for this agent ("key=value" or plain), sent in Hello.
+	Tags []string
 
 	// KeepAlive is the QUIC keep-alive period; IdleTimeout the QUIC idle timeout.
 	KeepAlive, IdleTimeout time.Duration
@@ -181,18 +184,23 @@ func (t *Tunnel) connect(ctx context.Context, up func()) error {
 // classify gives transport failures the retry policy they deserve. No common ALPN means
 // one side needs an upgrade: permanent. TLS alerts about our certificate become a
 // RefusedError, which the supervisor turns permanent only if it persists. The gateway's
-// close codes (services/agent-gateway: 0x3 revoked, 0x5 forbidden) back up the Error
-// message it sends first, in case the close overtook it. Everything else is presumed
-// transient, as wire.Retryable does.
+// close codes (wire.CloseCode) back up the Error message it sends first, in case the
+// close overtook it: a permanent one (revoked, forbidden) stops the agent, "unavailable"
+// is the gateway's own trouble and retried. Everything else is presumed transient, as
+// wire.Retryable does, including close codes newer than this build.
 func classify(err error) error {
 	if err == nil {
 		return nil
 	}
 	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote {
-		switch ae.ErrorCode {
-		case gatewayCloseRevoked, gatewayCloseForbidden:
+		code := wire.CloseCode(ae.ErrorCode)
+		switch {
+		case code.Permanent():
 			return errors.Join(&wire.Error{Code: wire.CodeForbidden, Permanent: true,
-				Message: "the gateway closed the tunnel for good (" + ae.ErrorMessage + ")"}, err)
+				Message: fmt.Sprintf("the gateway closed the tunnel for good (%s: %s)", code, ae.ErrorMessage)}, err)
+		case code == wire.CloseUnavailable:
+			return errors.Join(&wire.Error{Code: wire.CodeUnavailable,
+				Message: "the gateway cannot serve the agent right now (" + ae.ErrorMessage + ")"}, err)
 		}
 		return err
 	}
@@ -209,13 +217,6 @@ func classify(err error) error {
 	}
 	return err
 }
-
-// The gateway's QUIC close codes that mean "do not come back" (services/agent-gateway
-// tunnel.go). libs/wire does not define close codes; these mirror the gateway's.
-const (
-	gatewayCloseRevoked   quic.ApplicationErrorCode = 0x3
-	gatewayCloseForbidden quic.ApplicationErrorCode = 0x5
-)
 
 // conn is one established QUIC connection.
 type conn struct {
@@ -239,17 +240,17 @@ func (c *conn) run(ctx context.Context, up func()) (err error) {
 	c.applyCtx, c.cancelApply = context.WithCancel(context.WithoutCancel(ctx))
 	defer c.cancelApply()
 	closed := false
-	closeWith := func(code quic.ApplicationErrorCode, msg string) {
+	closeWith := func(code wire.CloseCode, msg string) {
 		if !closed {
 			closed = true
-			_ = c.qc.CloseWithError(code, msg)
+			_ = c.qc.CloseWithError(qcode(code), msg)
 		}
 	}
 	defer func() {
 		if err != nil {
-			closeWith(closeProtocol, "agent closing after an error")
+			closeWith(wire.CloseProtocol, "agent closing after an error")
 		} else {
-			closeWith(closeNormal, "agent shutting down")
+			closeWith(wire.CloseNormal, "agent shutting down")
 		}
 	}()
 
@@ -286,9 +287,9 @@ func (c *conn) run(ctx context.Context, up func()) (err error) {
 	stopLoops()
 	if err == nil && ctx.Err() != nil {
 		c.drain(readerDone)
-		closeWith(closeNormal, "agent shutting down")
+		closeWith(wire.CloseNormal, "agent shutting down")
 	} else {
-		closeWith(closeProtocol, "agent closing after an error")
+		closeWith(wire.CloseProtocol, "agent closing after an error")
 		c.cancelApply()
 	}
 	loops.Wait()
@@ -308,7 +309,10 @@ func (c *conn) hello(ctx context.Context) (*wire.HelloAck, *wire.Reader, error) 
 		return nil, nil, err
 	}
 	cred := c.t.cfg.Credential.Current()
-	hello := &wire.Hello{AgentID: cred.Agent, AgentVersion: c.t.cfg.AgentVersion, Protocol: wire.Current}
+	// AppliedChecksum lets the gateway skip the full push when nothing changed while we
+	// were away; statuses then reconciles locally instead.
+	hello := &wire.Hello{AgentID: cred.Agent, AgentVersion: c.t.cfg.AgentVersion, Protocol: wire.Current,
+		Tags: c.t.cfg.Tags, AppliedChecksum: c.t.cfg.Reconciler.Checksum()}
 	if info, err := c.t.cfg.Backend.Info(ctx); err == nil {
 		hello.Capabilities, hello.Cluster = info.Capabilities, info.Cluster
 	} else {
@@ -504,8 +508,8 @@ func (c *conn) serveStream(st *quic.Stream) {
 	_ = st.SetReadDeadline(time.Time{})
 	if err != nil {
 		c.log.Warn("rejecting stream with a bad preamble", "err", err)
-		st.CancelRead(quic.StreamErrorCode(closeProtocol))
-		st.CancelWrite(quic.StreamErrorCode(closeProtocol))
+		st.CancelRead(scode(wire.CloseProtocol))
+		st.CancelWrite(scode(wire.CloseProtocol))
 		return
 	}
 	switch pre.Stream {
@@ -520,7 +524,7 @@ func (c *conn) serveStream(st *quic.Stream) {
 		if w.WritePreamble(pre.Stream) == nil {
 			_ = w.Write(&wire.Error{Code: wire.CodeProtocol, Message: fmt.Sprintf("the gateway may not open %s streams", pre.Stream)})
 		}
-		st.CancelRead(quic.StreamErrorCode(closeProtocol))
+		st.CancelRead(scode(wire.CloseProtocol))
 		_ = st.Close()
 	}
 }
@@ -547,13 +551,13 @@ func (c *conn) serveDesired(st *quic.Stream, rd *wire.Reader) {
 		if err != nil {
 			c.log.Warn("bad desired-state stream", "err", err)
 			_ = w.Write(wire.ErrorOf(err))
-			st.CancelRead(quic.StreamErrorCode(closeProtocol))
+			st.CancelRead(scode(wire.CloseProtocol))
 			return
 		}
 		ds := env.Message.(*wire.DesiredState) // the Reader admits nothing else on this stream
 		if inParts && !ds.Full {
 			_ = w.Write(&wire.Error{Code: wire.CodeProtocol, Message: "partial push inside the parts of a full set"})
-			st.CancelRead(quic.StreamErrorCode(closeProtocol))
+			st.CancelRead(scode(wire.CloseProtocol))
 			return
 		}
 		parts = append(parts, ds.Assignments...)
@@ -637,8 +641,8 @@ func (c *conn) signCSR(ctx context.Context, csrPEM string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer st.CancelRead(quic.StreamErrorCode(closeNormal))
-	stop := context.AfterFunc(ctx, func() { st.CancelRead(quic.StreamErrorCode(closeNormal)) })
+	defer st.CancelRead(scode(wire.CloseNormal))
+	stop := context.AfterFunc(ctx, func() { st.CancelRead(scode(wire.CloseNormal)) })
 	defer stop()
 	w := wire.NewWriter(st)
 	if err := w.WritePreamble(wire.StreamCert); err != nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,14 +49,24 @@ type gateway struct {
 	tr    *quic.Transport
 	conns []*gwConn
 
-	// refuse, when set, is sent instead of HelloAck.
-	refuse *wire.Error
+	// refuse, when set, turns the agent away instead of HelloAck (guarded by mu once the
+	// agent runs).
+	refuse *refusal
+	// hellos counts the Hellos received.
+	hellos atomic.Int32
 	// checksum is sent in HelloAck.
 	checksum string
 	// verify, when set, checks the client certificate during the handshake.
 	verify func(*x509.Certificate) error
 
 	accepted chan *gwConn
+}
+
+// refusal is how the gateway turns an agent away after Hello: an Error (unless nil),
+// then a close with code.
+type refusal struct {
+	err  *wire.Error
+	code wire.CloseCode
 }
 
 type gwConn struct {
@@ -115,7 +126,7 @@ func (g *gateway) stop() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, c := range g.conns {
-		_ = c.qc.CloseWithError(0, "gateway stopping")
+		_ = c.qc.CloseWithError(quic.ApplicationErrorCode(wire.CloseGoingAway), "gateway stopping")
 	}
 	g.conns = nil
 	if g.ln != nil {
@@ -146,21 +157,27 @@ func (g *gateway) serve(qc *quic.Conn) {
 	}
 	rd := wire.NewReader(st, 0)
 	if p, err := rd.ReadPreamble(); err != nil || p.Stream != wire.StreamControl {
-		_ = qc.CloseWithError(1, "bad control preamble")
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(wire.CloseProtocol), "bad control preamble")
 		return
 	}
 	msg, err := rd.Read()
 	hello, ok := msg.(*wire.Hello)
 	if err != nil || !ok {
-		_ = qc.CloseWithError(1, "no hello")
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(wire.CloseProtocol), "no hello")
 		return
 	}
+	g.hellos.Add(1)
 	w := wire.NewWriter(st)
 	_ = w.WritePreamble(wire.StreamControl)
-	if g.refuse != nil {
-		_ = w.Write(g.refuse)
-		time.Sleep(100 * time.Millisecond) // let the error arrive before the close
-		_ = qc.CloseWithError(1, "refused")
+	g.mu.Lock()
+	refuse := g.refuse
+	g.mu.Unlock()
+	if refuse != nil {
+		if refuse.err != nil {
+			_ = w.Write(refuse.err)
+			time.Sleep(100 * time.Millisecond) // let the error arrive before the close
+		}
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(refuse.code), "refused")
 		return
 	}
 	if err := w.Write(&wire.HelloAck{GatewayID: "gw-test", Accepted: wire.Current, HeartbeatInterval: 50 * time.Millisecond, DesiredChecksum: g.checksum}); err != nil {
@@ -327,6 +344,7 @@ func startAgent(t *testing.T, g *gateway, cred *enroll.Credential) *agentUnderTe
 		Reconciler:   rec,
 		Backend:      b,
 		AgentVersion: "test",
+		Tags:         []string{"gpu", "zone=eu-west-1a"},
 		KeepAlive:    time.Second,
 		IdleTimeout:  5 * time.Second,
 		Backoff:      backoff.Policy{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond},
@@ -367,8 +385,11 @@ func TestTunnelHelloHeartbeatPushAckStatusAndReconnect(t *testing.T) {
 
 	// Hello names the agent from its certificate, with facts and capacity.
 	c := g.next(t)
+	// Its operator's tags travel as tags (1.1), not as capabilities, and a fresh agent
+	// has applied the empty set.
 	if c.hello.AgentID != agentID || c.hello.Protocol != wire.Current || c.hello.Capacity.CPUAllocatableMillis != 4000 ||
-		c.hello.Cluster["platform"] != "memory" {
+		c.hello.Cluster["platform"] != "memory" || !slices.Equal(c.hello.Tags, []string{"gpu", "zone=eu-west-1a"}) ||
+		slices.Contains(c.hello.Capabilities, "zone=eu-west-1a") || c.hello.AppliedChecksum != wire.Checksum(nil) {
 		t.Fatalf("hello = %+v", c.hello)
 	}
 	c.await(t, "full status report", func(m wire.Message) bool { sr, ok := m.(*wire.StatusReport); return ok && sr.Full })
@@ -388,8 +409,8 @@ func TestTunnelHelloHeartbeatPushAckStatusAndReconnect(t *testing.T) {
 	// s1 is a duplicate and is not re-applied, s2 is created.
 	g.restart()
 	c = g.next(t)
-	if c.hello.AgentID != agentID {
-		t.Fatalf("hello after reconnect = %+v", c.hello)
+	if c.hello.AgentID != agentID || c.hello.AppliedChecksum != wire.Checksum(set) {
+		t.Fatalf("hello after reconnect = %+v, want applied checksum %s", c.hello, wire.Checksum(set))
 	}
 	c.await(t, "full status with s1 running", func(m wire.Message) bool {
 		sr, ok := m.(*wire.StatusReport)
@@ -456,7 +477,7 @@ func TestTunnelPermanentRefusalStopsRetrying(t *testing.T) {
 	t.Parallel()
 	ca := testpki.New(t)
 	g := newGateway(t, ca)
-	g.refuse = &wire.Error{Code: wire.CodeForbidden, Message: "agent deleted", Permanent: true}
+	g.refuse = &refusal{&wire.Error{Code: wire.CodeForbidden, Message: "agent deleted", Permanent: true}, wire.CloseRevoked}
 	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
 	select {
 	case err := <-a.done:
@@ -551,5 +572,61 @@ func TestTunnelRenewsCertificateBeforeExpiry(t *testing.T) {
 	c = g.next(t)
 	if !c.peer.Equal(renewed.Leaf()) {
 		t.Fatal("reconnect did not present the renewed certificate")
+	}
+}
+
+// A gateway that cannot reach its database says "unavailable" (an Error, then close code
+// CloseUnavailable, or only the close code when it overtakes the Error): the agent keeps
+// retrying, well past its RefusalGrace, and connects once the gateway recovers.
+func TestTunnelGatewayUnavailableIsRetried(t *testing.T) {
+	t.Parallel()
+	for _, withError := range []bool{true, false} {
+		ca := testpki.New(t)
+		g := newGateway(t, ca)
+		r := &refusal{code: wire.CloseUnavailable}
+		if withError {
+			r.err = &wire.Error{Code: wire.CodeUnavailable, Message: "registry unreachable", RetryAfter: 10 * time.Millisecond}
+		}
+		g.refuse = r
+		a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+		deadline := time.After(waitFor)
+		for g.hellos.Load() < 4 {
+			select {
+			case err := <-a.done:
+				t.Fatalf("error=%v: Run returned %v while the gateway was unavailable", withError, err)
+			case <-deadline:
+				t.Fatalf("error=%v: only %d hellos", withError, g.hellos.Load())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		// Longer than the RefusalGrace (1 s): unavailability is never a refusal.
+		select {
+		case err := <-a.done:
+			t.Fatalf("error=%v: Run returned %v while the gateway was unavailable", withError, err)
+		case <-time.After(1500 * time.Millisecond):
+		}
+		g.mu.Lock()
+		g.refuse = nil
+		g.mu.Unlock()
+		g.next(t)
+	}
+}
+
+// The permanent close codes stop the agent even when the close overtakes the Error.
+func TestTunnelRevokedCloseCodeIsPermanent(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	g.refuse = &refusal{code: wire.CloseRevoked}
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	select {
+	case err := <-a.done:
+		a.done <- err
+		var perm *tunnel.PermanentError
+		if !errors.As(err, &perm) || !errors.Is(err, &wire.Error{Code: wire.CodeForbidden}) {
+			t.Fatalf("Run = %v, want a permanent forbidden error", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("agent kept retrying after CloseRevoked")
 	}
 }

@@ -119,10 +119,21 @@ type Hello struct {
 	// Capabilities are optional agent features that do not depend on the protocol
 	// version (for example "hibernate" or "gpu"); unknown ones are ignored.
 	Capabilities []string `json:"capabilities,omitempty"`
+	// Tags are the labels the agent's operator gave it (the agent's --tags), each
+	// "key=value" or a plain word, which the scheduler matches like the tags an admin
+	// sets. The codec does not check their syntax; the gateway drops tags it would not
+	// accept from an admin. Since 1.1; a 1.0 gateway ignores them.
+	Tags []string `json:"tags,omitempty"`
 	// Cluster holds facts about the cluster for display and placement
 	// ("kubernetes_version", "platform", "region", ...). Keys are lowercase snake_case.
 	Cluster  map[string]string `json:"cluster,omitempty"`
 	Capacity Capacity          `json:"capacity"`
+	// AppliedChecksum is Checksum of the set the agent has applied. When it equals the
+	// agent's desired checksum the gateway answers HelloAck with that checksum and skips
+	// the full push. Empty means unknown, and a value the gateway cannot compare (another
+	// hash) simply does not match: either way the full set is pushed. Since 1.1; a 1.0
+	// gateway ignores it and always pushes.
+	AppliedChecksum string `json:"applied_checksum,omitempty"`
 }
 
 // Type implements Message.
@@ -139,8 +150,10 @@ func (m *Hello) validate() error {
 	return nil
 }
 
-// HelloAck is the gateway's answer to Hello. After it the gateway pushes desired state;
-// DesiredChecksum lets the agent tell at once whether its applied set is already current.
+// HelloAck is the gateway's answer to Hello. After it the gateway pushes the full desired
+// set, unless Hello.AppliedChecksum already equals DesiredChecksum; DesiredChecksum lets
+// the agent tell at once whether its applied set is current (and so whether a full push
+// is coming).
 type HelloAck struct {
 	GatewayID GatewayID `json:"gateway_id"`
 	// Accepted is the version both sides use from now on.

@@ -26,6 +26,15 @@ var samples = []struct {
 		Capacity: Capacity{CPUAllocatableMillis: 64000, CPUUsedMillis: 12500,
 			MemoryAllocatableBytes: 256 << 30, MemoryUsedBytes: 48 << 30, Sessions: 7, MaxSessions: 50},
 	}}},
+	// Since 1.1: operator tags and the applied set's checksum.
+	{"hello_1_1", StreamControl, Envelope{TraceParent: sampleTraceParent, Message: &Hello{
+		AgentID: "agt_7f3k2m", AgentVersion: "1.5.0", Protocol: Version{1, 1},
+		Capabilities:    []string{"hibernate"},
+		Tags:            []string{"gpu", "zone=eu-west-1a"},
+		Cluster:         map[string]string{"kubernetes_version": "v1.31.2", "platform": "eks"},
+		Capacity:        Capacity{CPUAllocatableMillis: 64000, MemoryAllocatableBytes: 256 << 30, Sessions: 2},
+		AppliedChecksum: Checksum(sampleAssignments(2)),
+	}}},
 	{"hello_ack", StreamControl, Envelope{Message: &HelloAck{
 		GatewayID: "gw-0", Accepted: Version{1, 0}, HeartbeatInterval: 10 * time.Second,
 		DesiredChecksum: Checksum(sampleAssignments(2)),
@@ -49,6 +58,10 @@ var samples = []struct {
 			Message: `pulling "registry.example/gimp:3" failed`, ObservedGeneration: 2, ObservedAt: t0.Add(90 * time.Second)},
 	}}}},
 	{"error", StreamControl, Envelope{Message: &Error{Code: CodeForbidden, Message: "agent revoked", Permanent: true}}},
+	// What a gateway whose database is unreachable says before closing with
+	// CloseUnavailable: retry later, nothing is wrong with the agent.
+	{"error_unavailable", StreamControl, Envelope{Message: &Error{Code: CodeUnavailable,
+		Message: "the agent registry is unreachable; try again later", RetryAfter: 5 * time.Second}}},
 	{"goodbye", StreamControl, Envelope{Message: &Goodbye{Reason: GoodbyeDrain, Message: "gateway gw-0 is restarting", ReconnectElsewhere: true}}},
 	{"cert_renew_request", StreamCert, Envelope{Message: &CertRenewRequest{
 		CSRPEM: "-----BEGIN CERTIFICATE REQUEST-----\nMIIBHjCBxQIBADBG\n-----END CERTIFICATE REQUEST-----\n",

@@ -7,10 +7,15 @@ import (
 )
 
 // The protocol version this build speaks. Major changes only with an incompatible change
-// (and a new ALPN); Minor grows with every additive change. See PROTOCOL.md, "Versioning".
+// (and a new ALPN); Minor grows with every additive change. See PROTOCOL.md, "Versioning"
+// and "Changes".
+//
+//   - 1.0: the initial protocol.
+//   - 1.1: Hello.Tags and Hello.AppliedChecksum (the gateway skips the full push when the
+//     latter matches); the close codes defined here, including the new CloseUnavailable.
 const (
 	Major uint8 = 1
-	Minor uint8 = 0
+	Minor uint8 = 1
 )
 
 // alpnPrefix is the ALPN protocol name without its major version.

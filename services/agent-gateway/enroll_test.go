@@ -201,7 +201,7 @@ func TestCertificateRenewalOverTunnel(t *testing.T) {
 	}
 	// The new certificate opens a tunnel (which supersedes the old one).
 	h.connect(h.gw(), renewed)
-	if code, ok := ag.closed(3 * time.Second); !ok || code != gateway.CloseSuperseded {
+	if code, ok := ag.closed(3 * time.Second); !ok || code != wire.CloseSuperseded {
 		t.Fatalf("old tunnel: closed=%v code=%v", ok, code)
 	}
 }

@@ -62,6 +62,8 @@ type harness struct {
 	identity identity.Service
 	store    *postgres.Store
 	replicas []*replica
+	cfg      gateway.Config
+	enroller gateway.Enroller
 }
 
 // replica is one gateway with its own service and span recorder.
@@ -95,28 +97,39 @@ func newHarness(t testing.TB, replicas int, mutate ...func(*gateway.Config)) *ha
 	}
 	h := &harness{t: t, env: env, identity: idm.Service(),
 		store: postgres.New(env.DB, postgres.Thresholds{DegradedAfter: cfg.DegradedAfter, OfflineAfter: cfg.OfflineAfter})}
-	enroll := gateway.EnrollerFunc(func(ctx context.Context, raw string) (gateway.Enrollment, error) {
+	h.cfg = cfg
+	h.enroller = gateway.EnrollerFunc(func(ctx context.Context, raw string) (gateway.Enrollment, error) {
 		e, err := h.identity.ConsumeEnrollmentToken(ctx, raw)
 		return gateway.Enrollment{Tenant: e.Tenant, TokenID: string(e.TokenID), Name: e.Name, Tags: e.Tags}, err
 	})
-	for i := range replicas {
-		c := cfg
-		c.GatewayID = fmt.Sprintf("gw-%d", i)
-		rec := tracetest.NewSpanRecorder()
-		gw, err := gateway.StartGateway(context.Background(), c, gateway.GatewayOptions{Store: h.store, Enroller: enroll,
-			ConnConfig: env.DB.Pool().Config().ConnConfig, Logger: testLogger().With("replica", i),
-			TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = gw.Close(ctx)
-		})
-		h.replicas = append(h.replicas, &replica{gw: gw, svc: gateway.NewService(h.store, gw.Revoke), spans: rec})
+	for range replicas {
+		h.addReplica(h.store)
 	}
 	return h
+}
+
+// addReplica starts one more gateway replica on store (h.store, or a wrapper of it that
+// injects failures).
+func (h *harness) addReplica(store gateway.Store) *replica {
+	h.t.Helper()
+	c := h.cfg
+	i := len(h.replicas)
+	c.GatewayID = fmt.Sprintf("gw-%d", i)
+	rec := tracetest.NewSpanRecorder()
+	gw, err := gateway.StartGateway(context.Background(), c, gateway.GatewayOptions{Store: store, Enroller: h.enroller,
+		ConnConfig: h.env.DB.Pool().Config().ConnConfig, Logger: testLogger().With("replica", i),
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = gw.Close(ctx)
+	})
+	r := &replica{gw: gw, svc: gateway.NewService(store, gw.Revoke), spans: rec}
+	h.replicas = append(h.replicas, r)
+	return r
 }
 
 func (h *harness) gw() *gateway.Gateway { return h.replicas[0].gw }
@@ -281,6 +294,12 @@ func connect(t testing.TB, gw *gateway.Gateway, e enrolled) (*testAgent, error) 
 // connectAddr is connect to a gateway address.
 func connectAddr(t testing.TB, addr string, e enrolled) (*testAgent, error) {
 	t.Helper()
+	return connectHello(t, addr, e, nil)
+}
+
+// connectHello is connectAddr with a chance to change the Hello before it is sent.
+func connectHello(t testing.TB, addr string, e enrolled, edit func(*wire.Hello)) (*testAgent, error) {
+	t.Helper()
 	conn, err := dialQUIC(t, addr, e)
 	if err != nil {
 		return nil, err
@@ -297,9 +316,13 @@ func connectAddr(t testing.TB, addr string, e enrolled) (*testAgent, error) {
 	if err := a.ctrlW.WritePreamble(wire.StreamControl); err != nil {
 		return nil, err
 	}
-	if err := a.ctrlW.Write(&wire.Hello{AgentID: e.resp.AgentID, AgentVersion: "test", Protocol: wire.Current,
+	hello := &wire.Hello{AgentID: e.resp.AgentID, AgentVersion: "test", Protocol: wire.Current,
 		Capabilities: []string{"gpu"}, Cluster: map[string]string{"platform": "kind"},
-		Capacity: wire.Capacity{CPUAllocatableMillis: 4000, MemoryAllocatableBytes: 8 << 30}}); err != nil {
+		Capacity: wire.Capacity{CPUAllocatableMillis: 4000, MemoryAllocatableBytes: 8 << 30}}
+	if edit != nil {
+		edit(hello)
+	}
+	if err := a.ctrlW.Write(hello); err != nil {
 		return nil, err
 	}
 	if _, err := a.ctrlR.ReadPreamble(); err != nil {
@@ -414,12 +437,17 @@ func (a *testAgent) nextPush(timeout time.Duration) push {
 }
 
 // closed waits for the connection to close and returns its application error code.
-func (a *testAgent) closed(timeout time.Duration) (quic.ApplicationErrorCode, bool) {
+func (a *testAgent) closed(timeout time.Duration) (wire.CloseCode, bool) {
+	return closedWith(a.conn, timeout)
+}
+
+// closedWith waits for conn to close and returns its application error code.
+func closedWith(conn *quic.Conn, timeout time.Duration) (wire.CloseCode, bool) {
 	select {
-	case <-a.conn.Context().Done():
+	case <-conn.Context().Done():
 		var ae *quic.ApplicationError
-		if errors.As(context.Cause(a.conn.Context()), &ae) {
-			return ae.ErrorCode, true
+		if errors.As(context.Cause(conn.Context()), &ae) {
+			return wire.CloseCode(ae.ErrorCode), true
 		}
 		return 0, true
 	case <-time.After(timeout):

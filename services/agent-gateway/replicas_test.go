@@ -43,7 +43,7 @@ func TestTwoReplicas(t *testing.T) {
 
 	// The agent moves to replica 0 (as after replica 1 died): replica 1 lets go.
 	ag2 := h.connect(a.gw, e)
-	if code, ok := ag.closed(2 * time.Second); !ok || code != gateway.CloseSuperseded {
+	if code, ok := ag.closed(2 * time.Second); !ok || code != wire.CloseSuperseded {
 		t.Fatalf("old tunnel on replica 1: closed=%v code=%v", ok, code)
 	}
 	if got := ag2.nextPush(5 * time.Second).assignments(); len(got) != 2 {
@@ -68,7 +68,7 @@ func TestTwoReplicas(t *testing.T) {
 	if err := b.svc.DeleteAgent(ctx, e.resp.AgentID); err != nil {
 		t.Fatal(err)
 	}
-	if code, ok := ag2.closed(time.Second); !ok || code != gateway.CloseRevoked {
+	if code, ok := ag2.closed(time.Second); !ok || code != wire.CloseRevoked {
 		t.Fatalf("tunnel on the other replica: closed=%v code=%v", ok, code)
 	}
 	t.Logf("cross-replica revocation took %s", time.Since(start))

@@ -4,6 +4,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,26 +35,12 @@ import (
 	"streamspace.dev/libs/wire/wireotel"
 )
 
-// QUIC application error codes with which the gateway closes a tunnel. The agent reads
-// them from the connection's close error (quic.ApplicationError); a Goodbye or Error
-// message on the control stream says the same where it arrives in time.
-const (
-	// CloseNormal: an orderly close (the agent said goodbye).
-	CloseNormal quic.ApplicationErrorCode = 0x0
-	// CloseProtocol: the agent sent something undecodable or unexpected. Retryable.
-	CloseProtocol quic.ApplicationErrorCode = 0x1
-	// CloseSuperseded: a newer connection of the same agent took over. Reconnecting is
-	// pointless while the other connection lives.
-	CloseSuperseded quic.ApplicationErrorCode = 0x2
-	// CloseRevoked: the agent was deleted; its certificate is refused from now on.
-	// Permanent.
-	CloseRevoked quic.ApplicationErrorCode = 0x3
-	// CloseGoingAway: the replica is draining or stopping; reconnect at once, elsewhere.
-	CloseGoingAway quic.ApplicationErrorCode = 0x4
-	// CloseForbidden: the Hello does not match the certificate, or the version is not
-	// spoken here. Permanent.
-	CloseForbidden quic.ApplicationErrorCode = 0x5
-)
+// qcode converts a close code of the protocol (libs/wire defines them once, for the
+// agent and the gateway) to quic-go's type.
+func qcode(c wire.CloseCode) quic.ApplicationErrorCode { return quic.ApplicationErrorCode(c) }
+
+// scode is qcode for stream resets.
+func scode(c wire.CloseCode) quic.StreamErrorCode { return quic.StreamErrorCode(c) }
 
 // Protocol timing.
 const (
@@ -70,6 +59,14 @@ const (
 	// maxPart bounds the assignments' bytes in one DesiredState part, well under the
 	// 1 MiB frame limit every reader of version 1 accepts.
 	maxPart = 512 << 10
+	// verifyTimeout bounds the registry check of a client certificate, inside the TLS
+	// handshake and again after Hello; it stays under the QUIC handshake timeout, so a
+	// slow database yields "unavailable", not a handshake that times out.
+	verifyTimeout = 3 * time.Second
+	// unavailableRetry is the RetryAfter of an agent turned away because the gateway's
+	// own dependencies (the database) fail: long enough not to hammer a recovering
+	// database, short enough that agents are back soon after it is.
+	unavailableRetry = 5 * time.Second
 )
 
 // Gateway is one replica's tunnel endpoint: the QUIC listener, the HTTPS enrollment
@@ -84,6 +81,7 @@ type Gateway struct {
 	tracer   trace.Tracer
 	hub      *hub
 	metrics  *metrics
+	verified verdicts
 
 	udp   net.PacketConn
 	ql    *quic.Listener
@@ -222,26 +220,96 @@ func bindPair(addr string) (net.PacketConn, net.Listener, error) {
 	return nil, nil, err
 }
 
+// verifyAgent is the TLS handshake's registry check. It refuses the handshake only when
+// the registry definitely says no (the agent is unknown or deleted, its tenant is not
+// active, or the certificate names another tenant), because the agent cannot tell one
+// refusal from another and eventually gives up on them. When the registry cannot be
+// asked (a database failure or timeout) it lets the handshake finish unverified: the
+// connection is checked again after Hello, where a failure that persists is reported as
+// a retryable "unavailable" the agent can tell from a revocation.
 func (g *Gateway) verifyAgent(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("no client certificate")
 	}
-	id, err := IdentityOf(cs.PeerCertificates[0])
+	leaf := cs.PeerCertificates[0]
+	id, err := IdentityOf(leaf)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
 	defer cancel()
-	tid, err := g.store.DirectoryTenant(ctx, id.Agent)
-	if err != nil {
+	switch err := g.checkAgent(ctx, id); {
+	case err == nil:
+		g.verified.put(leaf)
+		return nil
+	case errors.Is(err, errNotEnrolled):
 		g.log.Info("refused agent certificate", "agent_id", id.Agent, "tenant_id", id.Tenant, "err", err)
-		return fmt.Errorf("agent %s is not enrolled", id.Agent)
+		return err
+	default:
+		g.log.Warn("cannot check an agent certificate against the registry; checking again after hello",
+			"agent_id", id.Agent, "tenant_id", id.Tenant, "err", err)
+		return nil
+	}
+}
+
+// errNotEnrolled is checkAgent's definite "no".
+var errNotEnrolled = errors.New("agent is not enrolled")
+
+// checkAgent asks the registry whether id is a live agent of an active tenant, the one its
+// certificate names. It fails with errNotEnrolled when the registry says no, and with
+// the store's error when it cannot be asked.
+func (g *Gateway) checkAgent(ctx context.Context, id Identity) error {
+	tid, err := g.store.DirectoryTenant(ctx, id.Agent)
+	if apperr.IsCode(err, apperr.NotFound) {
+		return fmt.Errorf("agent %s: %w", id.Agent, errNotEnrolled)
+	}
+	if err != nil {
+		return err
 	}
 	if tid != id.Tenant {
-		g.log.Warn("refused agent certificate naming the wrong tenant", "agent_id", id.Agent, "cert_tenant", id.Tenant)
-		return fmt.Errorf("agent %s is not enrolled", id.Agent)
+		g.log.Warn("agent certificate names the wrong tenant", "agent_id", id.Agent, "cert_tenant", id.Tenant)
+		return fmt.Errorf("agent %s: %w", id.Agent, errNotEnrolled)
 	}
 	return nil
+}
+
+// verdicts carries verifyAgent's positive verdicts from the TLS handshake to serve, which
+// only gets the connection afterwards: the leaf certificates, one parsed per handshake
+// and compared by identity, whose agent the registry confirmed. A connection whose
+// certificate is missing here is checked again, so a lost verdict costs a query, never
+// a check. Verdicts of handshakes that failed after verification are swept after a
+// minute.
+type verdicts struct {
+	mu    sync.Mutex
+	ok    map[*x509.Certificate]time.Time
+	swept time.Time
+}
+
+func (v *verdicts) put(leaf *x509.Certificate) {
+	now := time.Now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.ok == nil {
+		v.ok = map[*x509.Certificate]time.Time{}
+	}
+	if now.Sub(v.swept) > time.Minute {
+		for c, at := range v.ok {
+			if now.Sub(at) > time.Minute {
+				delete(v.ok, c)
+			}
+		}
+		v.swept = now
+	}
+	v.ok[leaf] = now
+}
+
+// take reports whether leaf was verified, and forgets it.
+func (v *verdicts) take(leaf *x509.Certificate) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, ok := v.ok[leaf]
+	delete(v.ok, leaf)
+	return ok
 }
 
 // ID returns the replica's id.
@@ -353,6 +421,7 @@ const (
 	closeGoingAway
 	closeProtocol
 	closeForbidden
+	closeUnavailable
 )
 
 // agentConn is one agent's tunnel on this replica.
@@ -363,6 +432,9 @@ type agentConn struct {
 	connID string
 	owner  Owner
 	log    *slog.Logger
+	// accepted is the negotiated version, once Hello has been read; it bounds the close
+	// codes the gateway may use (wire.CloseCode.For).
+	accepted wire.Version
 
 	ctrl *wire.Writer // set once the control stream is open
 	wake chan struct{}
@@ -398,32 +470,35 @@ func (c *agentConn) poke() {
 func (c *agentConn) close(r closeReason) {
 	c.closeOnce.Do(func() {
 		var msg wire.Message
-		code, desc := CloseNormal, "closed"
+		code, desc := wire.CloseNormal, "closed"
 		switch r {
 		case closeSuperseded:
 			msg = &wire.Goodbye{Reason: wire.GoodbyeSuperseded, Message: "a newer connection of this agent took over"}
-			code, desc = CloseSuperseded, "superseded"
+			code, desc = wire.CloseSuperseded, "superseded"
 		case closeRevoked:
 			msg = &wire.Error{Code: wire.CodeForbidden, Message: "the agent was deleted; its certificate is revoked", Permanent: true}
-			code, desc = CloseRevoked, "revoked"
+			code, desc = wire.CloseRevoked, "revoked"
 		case closeGoingAway:
 			msg = &wire.Goodbye{Reason: wire.GoodbyeDrain, Message: "gateway " + c.g.id + " is stopping", ReconnectElsewhere: true}
-			code, desc = CloseGoingAway, "going away"
+			code, desc = wire.CloseGoingAway, "going away"
 		case closeProtocol:
-			code, desc = CloseProtocol, "protocol error"
+			code, desc = wire.CloseProtocol, "protocol error"
 		case closeForbidden:
-			code, desc = CloseForbidden, "forbidden"
+			code, desc = wire.CloseForbidden, "forbidden"
+		case closeUnavailable:
+			code, desc = wire.CloseUnavailable, "unavailable"
 		}
+		code = code.For(c.accepted)
 		c.log.Info("closing tunnel", "reason", desc)
 		if msg != nil && c.ctrl != nil {
 			_ = c.ctrl.Write(msg)
 			go func() {
 				time.Sleep(flushDelay)
-				_ = c.qc.CloseWithError(code, desc)
+				_ = c.qc.CloseWithError(qcode(code), desc)
 			}()
 			return
 		}
-		_ = c.qc.CloseWithError(code, desc)
+		_ = c.qc.CloseWithError(qcode(code), desc)
 	})
 }
 
@@ -442,9 +517,10 @@ func (c *agentConn) fail(w *wire.Writer, err error, r closeReason) {
 }
 
 func (g *Gateway) serve(qc *quic.Conn) {
-	id, err := IdentityOf(qc.ConnectionState().TLS.PeerCertificates[0])
+	leaf := qc.ConnectionState().TLS.PeerCertificates[0]
+	id, err := IdentityOf(leaf)
 	if err != nil { // verifyAgent has already checked it
-		_ = qc.CloseWithError(CloseForbidden, "bad certificate")
+		_ = qc.CloseWithError(qcode(wire.CloseForbidden), "bad certificate")
 		return
 	}
 	c := &agentConn{g: g, qc: qc, id: id, connID: randomToken(12),
@@ -454,7 +530,7 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	defer close(c.done)
 	ctx := qc.Context()
 
-	held, err := c.handshake(ctx)
+	held, err := c.handshake(ctx, g.verified.take(leaf))
 	if err != nil {
 		return
 	}
@@ -468,7 +544,7 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	g.metrics.tunnels.Inc()
 	defer g.metrics.tunnels.Dec()
 	var wg sync.WaitGroup
-	wg.Go(func() { c.pushLoop(ctx, held.set) })
+	wg.Go(func() { c.pushLoop(ctx, held.set, held.current) })
 	wg.Go(func() { c.acceptStreams(ctx) })
 	c.readControl(ctx, held.r)
 	c.close(closeDone)
@@ -478,16 +554,20 @@ func (g *Gateway) serve(qc *quic.Conn) {
 type handshakeResult struct {
 	r   *wire.Reader
 	set []Assignment
+	// current: the agent's applied set already matches set (Hello.AppliedChecksum), so
+	// the full push is skipped.
+	current bool
 }
 
 // handshake opens the control stream, checks Hello, claims the agent and answers
-// HelloAck. It is the "agent.connect" span.
-func (c *agentConn) handshake(ctx context.Context) (handshakeResult, error) {
+// HelloAck. verified says whether the TLS handshake could confirm the agent in the
+// registry; if not, it is checked here. It is the "agent.connect" span.
+func (c *agentConn) handshake(ctx context.Context, verified bool) (handshakeResult, error) {
 	ctx, span := c.g.tracer.Start(ctx, "agent.connect", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("streamspace.tenant_id", string(c.id.Tenant)),
 			attribute.String("streamspace.agent_id", string(c.id.Agent)), attribute.String("streamspace.gateway_id", c.g.id)))
 	defer span.End()
-	res, err := c.handshakeSteps(ctx)
+	res, err := c.handshakeSteps(ctx, verified)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "handshake failed")
@@ -495,7 +575,7 @@ func (c *agentConn) handshake(ctx context.Context) (handshakeResult, error) {
 	return res, err
 }
 
-func (c *agentConn) handshakeSteps(ctx context.Context) (handshakeResult, error) {
+func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshakeResult, error) {
 	actx, cancel := context.WithTimeout(ctx, helloTimeout)
 	defer cancel()
 	st, err := c.qc.AcceptStream(actx)
@@ -511,7 +591,7 @@ func (c *agentConn) handshakeSteps(ctx context.Context) (handshakeResult, error)
 		err = &wire.ProtocolError{Kind: wire.KindUnexpectedType, Detail: fmt.Sprintf("first stream is %s, want control", pre.Stream)}
 	}
 	if err != nil {
-		st.CancelRead(quic.StreamErrorCode(CloseProtocol))
+		st.CancelRead(scode(wire.CloseProtocol))
 		c.fail(nil, err, closeProtocol)
 		return handshakeResult{}, err
 	}
@@ -542,20 +622,41 @@ func (c *agentConn) handshakeSteps(ctx context.Context) (handshakeResult, error)
 		c.fail(w, err, closeForbidden)
 		return handshakeResult{}, err
 	}
+	c.accepted = accepted
+	if !verified {
+		// The registry could not be asked during the TLS handshake; nothing of the agent's
+		// is touched until it has been.
+		vctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+		err := c.g.checkAgent(vctx, c.id)
+		cancel()
+		if errors.Is(err, errNotEnrolled) {
+			c.fail(w, &wire.Error{Code: wire.CodeForbidden, Message: "the agent is not enrolled", Permanent: true}, closeForbidden)
+			return handshakeResult{}, err
+		}
+		if err != nil {
+			c.log.Warn("cannot check the agent against the registry", "err", err)
+			c.fail(w, unavailable("the agent registry is unreachable; try again later"), closeUnavailable)
+			return handshakeResult{}, err
+		}
+	}
 	sctx := c.sys(ctx)
 	if err := c.g.store.Claim(ctx, c.id.Agent, c.owner); err != nil {
 		c.log.Warn("claiming the agent", "err", err)
 		if apperr.IsCode(err, apperr.NotFound) {
 			c.fail(w, &wire.Error{Code: wire.CodeForbidden, Message: "the agent was deleted", Permanent: true}, closeRevoked)
 		} else {
-			c.fail(w, &wire.Error{Code: wire.CodeUnavailable, Message: "cannot register the tunnel", RetryAfter: time.Second}, closeGoingAway)
+			c.fail(w, unavailable("cannot register the tunnel; try again later"), closeUnavailable)
 		}
 		return handshakeResult{}, err
 	}
 	c.ctrl = w
 	c.g.hub.add(c)
+	tags, dropped := reportedTags(hello)
+	if len(dropped) > 0 {
+		c.log.Warn("ignoring agent-reported tags an admin could not set", "tags", dropped)
+	}
 	err = c.g.store.RecordHello(sctx, c.id.Agent, c.owner, Hello{Version: hello.AgentVersion,
-		ReportedTags: hello.Capabilities, Facts: hello.Cluster, Capacity: hello.Capacity})
+		ReportedTags: tags, Facts: hello.Cluster, Capacity: hello.Capacity})
 	var set []Assignment
 	if err == nil {
 		set, err = c.g.store.DesiredSet(sctx, c.id.Agent)
@@ -563,18 +664,50 @@ func (c *agentConn) handshakeSteps(ctx context.Context) (handshakeResult, error)
 	if err != nil {
 		c.log.Warn("loading the agent's state", "err", err)
 		c.g.hub.remove(c)
-		c.fail(w, &wire.Error{Code: wire.CodeUnavailable, Message: "cannot load the agent's state", RetryAfter: time.Second}, closeGoingAway)
+		c.fail(w, unavailable("cannot load the agent's state; try again later"), closeUnavailable)
 		return handshakeResult{}, err
 	}
+	sum := wire.Checksum(toWire(c.id, set))
+	// The agent's applied set matches: HelloAck says so with the same checksum, and the
+	// full push is skipped (the agent then reconciles locally against what it applied).
+	current := hello.AppliedChecksum == sum
 	ack := &wire.HelloAck{GatewayID: wire.GatewayID(c.g.id), Accepted: accepted,
-		HeartbeatInterval: c.g.cfg.HeartbeatInterval, DesiredChecksum: wire.Checksum(toWire(c.id, set))}
+		HeartbeatInterval: c.g.cfg.HeartbeatInterval, DesiredChecksum: sum}
 	if err := wireotel.Write(ctx, w, ack); err != nil {
 		c.g.hub.remove(c)
 		c.close(closeDone)
 		return handshakeResult{}, err
 	}
-	c.log.Info("agent connected", "agent_version", hello.AgentVersion, "protocol", accepted.String(), "desired", len(set))
-	return handshakeResult{r: r, set: set}, nil
+	c.log.Info("agent connected", "agent_version", hello.AgentVersion, "protocol", accepted.String(), "desired", len(set),
+		"current", current, "verified_late", !verified)
+	return handshakeResult{r: r, set: set, current: current}, nil
+}
+
+// unavailable is what an agent turned away for the gateway's own failure is told: retry
+// later; nothing is wrong with the agent.
+func unavailable(msg string) *wire.Error {
+	return &wire.Error{Code: wire.CodeUnavailable, Message: msg, RetryAfter: unavailableRetry}
+}
+
+// reportedTags returns what the gateway records as the agent's own tags: Hello.Tags
+// (since 1.1) and, as before, its capabilities, which is also where a 1.0 agent put its
+// operator's tags. Tags are normalised like an admin's (lowercase, trimmed); those an
+// admin could not set, duplicates and any beyond the admin's limit are dropped, and
+// the dropped ones returned for the log.
+func reportedTags(h *wire.Hello) (tags, dropped []string) {
+	seen := map[string]bool{}
+	for _, t := range slices.Concat(h.Capabilities, h.Tags) {
+		n := strings.ToLower(strings.TrimSpace(t))
+		switch {
+		case seen[n]:
+		case len(n) > maxTagLength || !tagPattern.MatchString(n) || len(tags) == maxTags:
+			dropped = append(dropped, t)
+		default:
+			seen[n] = true
+			tags = append(tags, n)
+		}
+	}
+	return tags, dropped
 }
 
 func toWire(id Identity, set []Assignment) []wire.Assignment {
@@ -712,8 +845,8 @@ func (c *agentConn) serveAgentStream(ctx context.Context, st *quic.Stream) {
 	pre, err := r.ReadPreamble()
 	if err != nil || pre.Stream != wire.StreamCert {
 		c.log.Info("refused an agent-opened stream", "stream", pre.Stream, "err", err)
-		st.CancelRead(quic.StreamErrorCode(CloseProtocol))
-		st.CancelWrite(quic.StreamErrorCode(CloseProtocol))
+		st.CancelRead(scode(wire.CloseProtocol))
+		st.CancelWrite(scode(wire.CloseProtocol))
 		return
 	}
 	w := wire.NewWriter(st)
@@ -739,10 +872,15 @@ func (c *agentConn) serveAgentStream(ctx context.Context, st *quic.Stream) {
 	_ = wireotel.Write(mctx, w, &wire.CertRenewResponse{CertificatePEM: resp})
 }
 
-// pushLoop delivers the full set once, then pending work whenever told (NOTIFY, a LISTEN
-// taking effect), when a retry falls due, and every Resync regardless.
-func (c *agentConn) pushLoop(ctx context.Context, set []Assignment) {
-	c.pushFull(ctx, set)
+// pushLoop delivers the full set once (or, when the agent's applied set is already
+// current, only its unacknowledged part), then pending work whenever told (NOTIFY, a
+// LISTEN taking effect), when a retry falls due, and every Resync regardless.
+func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool) {
+	if current {
+		c.pushUnacked(ctx, set)
+	} else {
+		c.pushFull(ctx, set)
+	}
 	for {
 		t := time.NewTimer(c.nextWait())
 		select {
@@ -780,6 +918,26 @@ func (c *agentConn) pushFull(ctx context.Context, set []Assignment) {
 	}
 	c.mu.Unlock()
 	c.push(ctx, true, set)
+}
+
+// pushUnacked follows a skipped full push: the agent has applied every assignment of
+// set at its generation, but acknowledgements may have been lost with the previous
+// connection. Those are re-sent as one partial push, which the agent acknowledges
+// without touching its backend.
+func (c *agentConn) pushUnacked(ctx context.Context, set []Assignment) {
+	var send []Assignment
+	now := time.Now()
+	c.mu.Lock()
+	for _, a := range set {
+		if a.Pending() {
+			c.inflight[a.SessionID] = &flight{gen: a.Generation, attempts: 1, nextAt: now.Add(c.g.backoff(1))}
+			send = append(send, a)
+		}
+	}
+	c.mu.Unlock()
+	if len(send) > 0 {
+		c.push(ctx, false, send)
+	}
 }
 
 // pushPending re-reads the agent's unacknowledged work and pushes what is new or due.
@@ -868,7 +1026,7 @@ func (c *agentConn) pushStream(ctx context.Context, full bool, set []Assignment)
 	}
 	w := wire.NewWriter(st)
 	if err := w.WritePreamble(wire.StreamDesiredState); err != nil {
-		st.CancelWrite(0)
+		st.CancelWrite(scode(wire.CloseNormal))
 		return err
 	}
 	ws := toWire(c.id, set)
@@ -892,7 +1050,7 @@ func (c *agentConn) pushStream(ctx context.Context, full bool, set []Assignment)
 			m.Assignments = []wire.Assignment{}
 		}
 		if err := wireotel.Write(ctx, w, m); err != nil {
-			st.CancelWrite(0)
+			st.CancelWrite(scode(wire.CloseNormal))
 			return err
 		}
 	}
@@ -907,7 +1065,7 @@ func (c *agentConn) pushStream(ctx context.Context, full bool, set []Assignment)
 // readAcks reads the agent's preamble and acks on a desired-state stream until the agent
 // closes it or ackWait passes; the retry timers cover whatever does not arrive.
 func (c *agentConn) readAcks(ctx context.Context, st *quic.Stream) {
-	defer st.CancelRead(0)
+	defer st.CancelRead(scode(wire.CloseNormal))
 	_ = st.SetReadDeadline(time.Now().Add(ackWait))
 	r := wire.NewReader(st, 0)
 	pre, err := r.ReadPreamble()

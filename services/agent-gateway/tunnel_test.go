@@ -3,13 +3,18 @@ package gateway_test
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/quic-go/quic-go"
 
 	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/wire"
 	gateway "streamspace.dev/services/agent-gateway"
 )
@@ -32,7 +37,7 @@ func TestDeleteAgentClosesTunnelAndRevokesCertificate(t *testing.T) {
 	if !ok {
 		t.Fatal("tunnel still open a second after the agent was deleted")
 	}
-	if code != gateway.CloseRevoked {
+	if code != wire.CloseRevoked {
 		t.Fatalf("closed with %v, want CloseRevoked", code)
 	}
 	t.Logf("tunnel closed %s after the deletion", time.Since(start))
@@ -57,7 +62,7 @@ func TestSecondConnectionSupersedesFirst(t *testing.T) {
 	second := h.connect(h.gw(), e)
 	second.nextPush(5 * time.Second)
 
-	if code, ok := first.closed(time.Second); !ok || code != gateway.CloseSuperseded {
+	if code, ok := first.closed(time.Second); !ok || code != wire.CloseSuperseded {
 		t.Fatalf("first connection: closed=%v code=%v", ok, code)
 	}
 	// The Goodbye arrived before the close.
@@ -230,7 +235,7 @@ func TestBadInputOverQUIC(t *testing.T) {
 			if !ok {
 				t.Fatal("connection still open")
 			}
-			if code != gateway.CloseProtocol {
+			if code != wire.CloseProtocol {
 				t.Fatalf("closed with %v, want CloseProtocol", code)
 			}
 		})
@@ -312,7 +317,7 @@ func TestShutdownSaysGoodbye(t *testing.T) {
 	if err := h.gw().Close(cctx); err != nil {
 		t.Fatal(err)
 	}
-	if code, ok := ag.closed(2 * time.Second); !ok || code != gateway.CloseGoingAway {
+	if code, ok := ag.closed(2 * time.Second); !ok || code != wire.CloseGoingAway {
 		t.Fatalf("closed=%v code=%v", ok, code)
 	}
 	var bye *wire.Goodbye
@@ -328,4 +333,227 @@ func TestShutdownSaysGoodbye(t *testing.T) {
 	if err != nil || a.State != gateway.StateOffline {
 		t.Fatalf("after shutdown: %+v %v", a, err)
 	}
+}
+
+// flakyStore fails DirectoryTenant the way a database outage does (a timeout), which is
+// not an answer about the agent.
+type flakyStore struct {
+	gateway.Store
+	down     atomic.Bool  // every lookup fails
+	failures atomic.Int32 // the next this many lookups fail
+	lookups  atomic.Int32
+}
+
+func (s *flakyStore) DirectoryTenant(ctx context.Context, id gateway.AgentID) (tenant.ID, error) {
+	s.lookups.Add(1)
+	if s.down.Load() || s.failures.Add(-1) >= 0 {
+		return "", fmt.Errorf("query platform.agent_directory: %w", context.DeadlineExceeded)
+	}
+	return s.Store.DirectoryTenant(ctx, id)
+}
+
+// helloOnce completes the TLS handshake (failing the test if the gateway refuses it),
+// says Hello and returns the gateway's first answer and the connection.
+func helloOnce(t *testing.T, addr string, e enrolled, edit func(*wire.Hello)) (wire.Message, *quic.Conn) {
+	t.Helper()
+	conn, err := dialQUIC(t, addr, e)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.CloseWithError(0, "") })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, r := wire.NewWriter(st), wire.NewReader(st, 0)
+	hello := &wire.Hello{AgentID: e.resp.AgentID, Protocol: wire.Current}
+	if edit != nil {
+		edit(hello)
+	}
+	if err := w.WritePreamble(wire.StreamControl); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	// Only a gateway that accepted the TLS handshake answers on the stream; a refusal
+	// surfaces here as a transport error.
+	if _, err := r.ReadPreamble(); err != nil {
+		t.Fatalf("the gateway refused the handshake or the stream: %v", err)
+	}
+	m, err := r.Read()
+	if err != nil {
+		t.Fatalf("reading the answer to hello: %v", err)
+	}
+	return m, conn
+}
+
+// A database failure while checking a certificate is not a refusal: the gateway accepts
+// the TLS handshake, checks again after Hello, and turns the agent away with a retryable
+// "unavailable" (and close code) that the agent can tell from a revocation. Only the
+// registry's definite "no" refuses.
+func TestRegistryFailureIsRetryableNotARefusal(t *testing.T) {
+	t.Parallel()
+	// No owner loop during the test: its lookups would blur the counts below.
+	h := newHarness(t, 0, func(c *gateway.Config) { c.OwnerHeartbeat = time.Hour })
+	_, ctx := h.tenant("acme")
+	flaky := &flakyStore{Store: h.store}
+	gw := h.addReplica(flaky).gw
+	e := h.enroll(gw, h.token(ctx, "edge"))
+
+	flaky.down.Store(true)
+	for _, tc := range []struct {
+		minor uint8
+		code  wire.CloseCode
+	}{{wire.Minor, wire.CloseUnavailable}, {0, wire.CloseGoingAway}} { // 1.0 agents get no new close code
+		m, conn := helloOnce(t, gw.Addr(), e, func(h *wire.Hello) { h.Protocol.Minor = tc.minor })
+		we, ok := m.(*wire.Error)
+		if !ok || we.Code != wire.CodeUnavailable || we.Permanent || we.RetryAfter <= 0 {
+			t.Fatalf("1.%d: answer to hello during the outage = %#v, want a retryable unavailable error", tc.minor, m)
+		}
+		if retry, after := wire.Retryable(we); !retry || after != we.RetryAfter {
+			t.Fatalf("1.%d: Retryable = %v, %v", tc.minor, retry, after)
+		}
+		code, closed := closedWith(conn, 2*time.Second)
+		if !closed || code != tc.code || code.Permanent() {
+			t.Fatalf("1.%d: closed=%v with %v, want %v", tc.minor, closed, code, tc.code)
+		}
+	}
+	if gw.Connected(e.resp.AgentID) {
+		t.Fatal("an unverified agent holds a tunnel")
+	}
+
+	// The database fails during the TLS handshake only: the check after Hello passes.
+	flaky.down.Store(false)
+	flaky.failures.Store(1)
+	before := flaky.lookups.Load()
+	m, _ := helloOnce(t, gw.Addr(), e, nil)
+	if _, ok := m.(*wire.HelloAck); !ok {
+		t.Fatalf("answer after the database recovered = %#v, want hello_ack", m)
+	}
+	if n := flaky.lookups.Load() - before; n != 2 {
+		t.Fatalf("%d registry lookups, want 2 (handshake, then after hello)", n)
+	}
+	// A verified handshake costs one lookup, not two.
+	before = flaky.lookups.Load()
+	if _, err := connect(t, gw, e); err != nil {
+		t.Fatal(err)
+	}
+	if n := flaky.lookups.Load() - before; n != 1 {
+		t.Fatalf("%d registry lookups for a verified handshake, want 1", n)
+	}
+
+	// The handshake could not check the agent, and by the time Hello arrives it has been
+	// deleted: the second check is definite, and permanent.
+	if err := h.replicas[0].svc.DeleteAgent(ctx, e.resp.AgentID); err != nil {
+		t.Fatal(err)
+	}
+	flaky.failures.Store(1)
+	m, conn := helloOnce(t, gw.Addr(), e, nil)
+	if we, ok := m.(*wire.Error); !ok || we.Code != wire.CodeForbidden || !we.Permanent {
+		t.Fatalf("answer for a deleted agent = %#v, want a permanent forbidden error", m)
+	}
+	if code, closed := closedWith(conn, 2*time.Second); !closed || code != wire.CloseForbidden || !code.Permanent() {
+		t.Fatalf("deleted agent: closed=%v with %v, want CloseForbidden", closed, code)
+	}
+	// With the database up, a deleted agent is refused in the TLS handshake, as before.
+	if _, err := connect(t, gw, e); err == nil {
+		t.Fatal("a deleted agent's certificate opens a tunnel")
+	} else if _, ok := errors.AsType[*wire.Error](err); ok {
+		t.Fatalf("a deleted agent got past the TLS handshake: %v", err)
+	}
+}
+
+// An agent whose applied set matches (Hello.applied_checksum) gets HelloAck with the same
+// checksum and no full push: only its unacknowledged assignments, as a partial push.
+func TestAppliedChecksumSkipsFullPush(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1, func(c *gateway.Config) { c.Resync = time.Minute })
+	tid, ctx := h.tenant("acme")
+	e := h.enroll(h.gw(), h.token(ctx, "edge"))
+	disconnect := func(ag *testAgent) {
+		t.Helper()
+		_ = ag.conn.CloseWithError(0, "bye")
+		eventually(t, 5*time.Second, func() error {
+			if h.gw().Connected(e.resp.AgentID) {
+				return errors.New("still connected")
+			}
+			return nil
+		})
+	}
+	applied := func(sum string) func(*wire.Hello) { return func(h *wire.Hello) { h.AppliedChecksum = sum } }
+
+	// Nothing desired, nothing applied: no push at all.
+	ag, err := connectHello(t, h.gw().Addr(), e, applied(wire.Checksum(nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ag.ack.DesiredChecksum != wire.Checksum(nil) {
+		t.Fatalf("hello_ack checksum %s", ag.ack.DesiredChecksum)
+	}
+	select {
+	case p := <-ag.pushes:
+		t.Fatalf("pushed %+v to an agent whose applied set is current", p.msgs)
+	case <-time.After(700 * time.Millisecond):
+	}
+	disconnect(ag)
+
+	// Work assigned while away; the agent applied it but the ack was lost.
+	a, err := h.svc().Assign(ctx, gateway.AssignmentInput{SessionID: "s", AgentID: e.resp.AgentID, Desired: wire.DesiredRunning, Spec: spec("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := wire.Checksum([]wire.Assignment{{SessionID: "s", TenantID: tid, Generation: a.Generation, Desired: wire.DesiredRunning}})
+	ag, err = connectHello(t, h.gw().Addr(), e, applied(sum))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ag.ack.DesiredChecksum != sum {
+		t.Fatalf("hello_ack checksum %s, want %s", ag.ack.DesiredChecksum, sum)
+	}
+	p := ag.nextPush(5 * time.Second)
+	if len(p.msgs) != 1 || p.msgs[0].Full || len(p.msgs[0].Assignments) != 1 || p.msgs[0].Assignments[0].SessionID != "s" {
+		t.Fatalf("push to a current agent with an unacknowledged assignment: %+v", p.msgs)
+	}
+	waitAcked(t, h.svc(), ctx, "s", a.Generation)
+	disconnect(ag)
+
+	// A stale applied set (or none, as from a 1.0 agent) gets the full set.
+	for _, stale := range []string{wire.Checksum(nil), ""} {
+		ag, err = connectHello(t, h.gw().Addr(), e, applied(stale))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := ag.nextPush(5 * time.Second); !p.msgs[len(p.msgs)-1].Full || p.msgs[len(p.msgs)-1].Checksum != sum {
+			t.Fatalf("push to a stale agent (%q): %+v", stale, p.msgs)
+		}
+		disconnect(ag)
+	}
+}
+
+// Hello.tags (1.1) and, as from 1.0 agents, capabilities are recorded as the agent's
+// reported tags, normalised; tags an admin could not set are dropped.
+func TestHelloTagsAreRecorded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1)
+	_, ctx := h.tenant("acme")
+	e := h.enroll(h.gw(), h.token(ctx, "edge"))
+	if _, err := connectHello(t, h.gw().Addr(), e, func(h *wire.Hello) {
+		h.Capabilities = []string{"gpu", "hibernate"}
+		h.Tags = []string{"Zone=EU-1", "gpu", "not a tag", "", strings.Repeat("x", 64)}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, func() error {
+		a, err := h.svc().Agent(ctx, e.resp.AgentID)
+		if err != nil {
+			return err
+		}
+		if got := fmt.Sprint(a.ReportedTags); got != "[gpu hibernate zone=eu-1]" {
+			return fmt.Errorf("reported tags %s", got)
+		}
+		return nil
+	})
 }
