@@ -23,7 +23,7 @@ import (
 // plane is the all-in-one control plane running on a real socket and a fresh real
 // database for one test; the flow tests drive it only through its HTTP API.
 type plane struct {
-	t    *testing.T
+	t    testing.TB
 	Env  *tenantstest.Env
 	Base string
 }

@@ -29,11 +29,27 @@ func Modules(d server.Deps, idcfg identity.Config) ([]server.Module, error) {
 	return ModulesWithGateway(d, idcfg, gateway.Config{})
 }
 
-// ModulesWithGateway builds every service, in dependency order. Identity comes first: the
+// ModulesWithGateway builds every service, in dependency order, with the scheduler's and
+// the sessions service's default settings. See ModulesWith.
+func ModulesWithGateway(d server.Deps, idcfg identity.Config, gwcfg gateway.Config) ([]server.Module, error) {
+	return ModulesWith(d, Settings{Identity: idcfg, Gateway: gwcfg})
+}
+
+// Settings are the settings of the services that have their own, as the all-in-one
+// binary's flags fill them.
+type Settings struct {
+	Identity  identity.Config
+	Gateway   gateway.Config
+	Scheduler scheduler.Config
+	Sessions  sessions.Config
+}
+
+// ModulesWith builds every service, in dependency order. Identity comes first: the
 // others verify tokens with its keys, read in-process rather than fetched over HTTP,
 // unless Run already built a JWKS-backed verifier; the gateway consumes enrollment tokens
 // through identity's service in-process and shares its key-encryption key.
-func ModulesWithGateway(d server.Deps, idcfg identity.Config, gwcfg gateway.Config) ([]server.Module, error) {
+func ModulesWith(d server.Deps, set Settings) ([]server.Module, error) {
+	idcfg, gwcfg := set.Identity, set.Gateway
 	var idm *identity.Module
 	builders := []func(server.Deps) (server.Module, error){
 		func(dd server.Deps) (server.Module, error) {
@@ -48,8 +64,8 @@ func ModulesWithGateway(d server.Deps, idcfg identity.Config, gwcfg gateway.Conf
 			return m, nil
 		},
 		func(d server.Deps) (server.Module, error) { return catalog.New(d) },
-		func(d server.Deps) (server.Module, error) { return scheduler.New(d, scheduler.Config{}) },
-		func(d server.Deps) (server.Module, error) { return sessions.New(d, sessions.Config{}) },
+		func(d server.Deps) (server.Module, error) { return scheduler.New(d, set.Scheduler) },
+		func(d server.Deps) (server.Module, error) { return sessions.New(d, set.Sessions) },
 		func(d server.Deps) (server.Module, error) { return newGateway(d, idcfg, gwcfg, idm) },
 	}
 	mods := make([]server.Module, 0, len(builders))

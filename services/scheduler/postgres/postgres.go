@@ -184,58 +184,56 @@ func (s *Store) watchAgents(ctx context.Context, tx pgx.Tx, agents map[string]*g
 		switch {
 		case back:
 			// The agent is back: drop the mark; its next report refreshes the phase.
-			if err := s.update(ctx, tx, cur, `agent_lost_at = NULL, reason = CASE WHEN reason = $2 THEN $3 ELSE reason END, message = ''`,
+			ev := event(cur, sessions.EventAgent, cur.Phase, sessions.ReasonAgentReturned, fmt.Sprintf("agent %s is back", cur.AgentID), o.Actor)
+			if err := s.update(ctx, tx, cur, ev, `agent_lost_at = NULL, reason = CASE WHEN reason = $2 THEN $3 ELSE reason END, message = ''`,
 				sessions.ReasonAgentLost, sessions.ReasonAgentReturned); err != nil {
 				return err
 			}
 			res.Returned++
-			if err := s.event(ctx, tx, cur, sessions.EventAgent, cur.Phase, sessions.ReasonAgentReturned,
-				fmt.Sprintf("agent %s is back", cur.AgentID), o.Actor); err != nil {
-				return err
-			}
 		case cur.AgentLostAt == nil:
 			msg := fmt.Sprintf("agent %s stopped reporting", cur.AgentID)
 			if !known {
 				msg = fmt.Sprintf("agent %s was deleted", cur.AgentID)
 			}
-			if err := s.update(ctx, tx, cur, `agent_lost_at = now(), reason = $2, message = $3`, sessions.ReasonAgentLost, msg); err != nil {
+			ev := event(cur, sessions.EventAgent, cur.Phase, sessions.ReasonAgentLost, msg, o.Actor)
+			if err := s.update(ctx, tx, cur, ev, `agent_lost_at = now(), reason = $2, message = $3`, sessions.ReasonAgentLost, msg); err != nil {
 				return err
 			}
 			res.Lost++
-			if err := s.event(ctx, tx, cur, sessions.EventAgent, cur.Phase, sessions.ReasonAgentLost, msg, o.Actor); err != nil {
-				return err
-			}
 		case cur.Phase != sessions.PhaseRunning && (time.Since(*cur.AgentLostAt) >= o.Grace || !known):
 			// Not yet Running, so nothing the user sees is lost by starting it elsewhere.
 			// The generation moves so that the pass below places and delivers it.
 			msg := fmt.Sprintf("agent %s was lost before the session ran; placing it again", cur.AgentID)
-			if err := s.update(ctx, tx, cur, `agent_id = NULL, agent_lost_at = NULL, generation = generation + 1,
+			ev := event(cur, sessions.EventAgent, sessions.PhaseScheduling, sessions.ReasonRescheduled, msg, o.Actor)
+			if err := s.update(ctx, tx, cur, ev, `agent_id = NULL, agent_lost_at = NULL, generation = generation + 1,
 				phase = $2, reason = $3, message = $4, phase_since = now(), endpoint = NULL`,
 				string(sessions.PhaseScheduling), sessions.ReasonRescheduled, msg); err != nil {
 				return err
 			}
 			res.Rescheduled++
-			if err := s.event(ctx, tx, cur, sessions.EventAgent, sessions.PhaseScheduling, sessions.ReasonRescheduled, msg, o.Actor); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
 }
 
-// update changes the locked session cur with set (parameters from $2) and announces it.
-func (s *Store) update(ctx context.Context, tx pgx.Tx, cur sessions.Session, set string, args ...any) error {
-	next, err := sesspg.Scan(tx.QueryRow(ctx, `UPDATE sessions SET `+set+`, updated_at = now() WHERE id = $1 RETURNING `+sesspg.Columns,
-		append([]any{string(cur.ID)}, args...)...))
-	if err != nil {
-		return err
+// update changes the locked session cur with set (parameters from $2), announces it and,
+// with ev, records the event: one pipelined round trip, because a pass makes these writes
+// for every session it claims and round trips, not SQL, are what a pass spends its time on.
+func (s *Store) update(ctx context.Context, tx pgx.Tx, cur sessions.Session, ev *sessions.Event, set string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE sessions SET `+set+`, updated_at = now() WHERE id = $1`, append([]any{string(cur.ID)}, args...)...)
+	// The notice names the session and its owner, which no update changes.
+	sesspg.QueueNotifyChange(ctx, b, cur)
+	if ev != nil {
+		sesspg.QueueEvent(b, *ev)
 	}
-	return sesspg.NotifyChange(ctx, tx, next)
+	return tx.SendBatch(ctx, b).Close()
 }
 
-func (s *Store) event(ctx context.Context, tx pgx.Tx, cur sessions.Session, kind string, phase sessions.Phase, reason, msg, actor string) error {
-	return sesspg.InsertEvent(ctx, tx, sessions.Event{SessionID: cur.ID, Kind: kind, Phase: phase, Desired: cur.Desired,
-		Generation: cur.Generation, Reason: reason, Message: msg, Actor: actor})
+// event is the history entry of a change the pass makes to cur.
+func event(cur sessions.Session, kind string, phase sessions.Phase, reason, msg, actor string) *sessions.Event {
+	return &sessions.Event{SessionID: cur.ID, Kind: kind, Phase: phase, Desired: cur.Desired,
+		Generation: cur.Generation, Reason: reason, Message: msg, Actor: actor}
 }
 
 // work claims the sessions whose generation is ahead of the gateway's, places those that
@@ -305,15 +303,14 @@ func (s *Store) work(ctx context.Context, tx pgx.Tx, cands []scheduler.Candidate
 					}
 				}
 				if cur.Phase != sessions.PhaseScheduling || cur.Reason != sessions.ReasonNoAgentFits || cur.Message != why {
-					if err := s.update(ctx, tx, cur, `phase = $2, reason = $3, message = $4,
+					var ev *sessions.Event
+					if cur.Phase != sessions.PhaseScheduling || cur.Message != why {
+						ev = event(cur, sessions.EventPhase, sessions.PhaseScheduling, sessions.ReasonNoAgentFits, why, o.Actor)
+					}
+					if err := s.update(ctx, tx, cur, ev, `phase = $2, reason = $3, message = $4,
 						phase_since = CASE WHEN phase <> $2 THEN now() ELSE phase_since END`,
 						string(sessions.PhaseScheduling), sessions.ReasonNoAgentFits, why); err != nil {
 						return err
-					}
-					if cur.Phase != sessions.PhaseScheduling || cur.Message != why {
-						if err := s.event(ctx, tx, cur, sessions.EventPhase, sessions.PhaseScheduling, sessions.ReasonNoAgentFits, why, o.Actor); err != nil {
-							return err
-						}
 					}
 				}
 				res.Unplaced++
@@ -376,15 +373,16 @@ func (s *Store) work(ctx context.Context, tx pgx.Tx, cands []scheduler.Candidate
 				msg += fmt.Sprintf("; the home volume stays with agent %s", cur.LastAgentID)
 			}
 		}
-		if err := s.update(ctx, tx, cur, `agent_id = $2, last_agent_id = $2, dispatched_generation = $3, assignment_generation = $4,
+		var ev *sessions.Event
+		if phase != cur.Phase || placed {
+			ev = event(cur, sessions.EventPlaced, phase, reason, msg, o.Actor)
+		}
+		if err := s.update(ctx, tx, cur, ev, `agent_id = $2, last_agent_id = $2, dispatched_generation = $3, assignment_generation = $4,
 			phase = $5, reason = $6, message = $7, phase_since = CASE WHEN phase <> $5 THEN now() ELSE phase_since END`,
 			agent, cur.Generation, a.Generation, string(phase), reason, msg); err != nil {
 			return err
 		}
-		if phase != cur.Phase || placed {
-			if err := s.event(ctx, tx, cur, sessions.EventPlaced, phase, reason, msg, o.Actor); err != nil {
-				return err
-			}
+		if ev != nil {
 			res.Placed++
 		} else {
 			res.Delivered++

@@ -28,7 +28,7 @@ import (
 // harness is the sessions service on a real socket over a real database, with two tenants
 // that each have a template "desk".
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	base   string
 	signer *authtest.Signer
 	env    *tenantstest.Env
@@ -37,7 +37,7 @@ type harness struct {
 	globex tenant.ID
 }
 
-func start(t *testing.T) *harness {
+func start(t testing.TB) *harness {
 	t.Helper()
 	env := tenantstest.New(t)
 	acme, _ := env.Tenant(t, "acme")
@@ -111,7 +111,7 @@ type response struct {
 	body   []byte
 }
 
-func (r response) json(t *testing.T, v any) {
+func (r response) json(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("decoding %s: %v", r.body, err)

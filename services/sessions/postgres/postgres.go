@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel/trace"
 
 	"streamspace.dev/libs/apperr"
@@ -78,12 +77,26 @@ func notFound(err error) error {
 
 // Tx helpers shared with the scheduler's store.
 
+const insertEvent = `INSERT INTO session_events (session_id, kind, phase, desired, generation, reason, message, actor)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+
+func eventArgs(e sessions.Event) []any {
+	return []any{string(e.SessionID), e.Kind, string(e.Phase), string(e.Desired), e.Generation, e.Reason, e.Message, e.Actor}
+}
+
 // InsertEvent appends e to the session's history.
 func InsertEvent(ctx context.Context, tx pgx.Tx, e sessions.Event) error {
-	_, err := tx.Exec(ctx, `INSERT INTO session_events (session_id, kind, phase, desired, generation, reason, message, actor)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, string(e.SessionID), e.Kind, string(e.Phase), string(e.Desired),
-		e.Generation, e.Reason, e.Message, e.Actor)
+	_, err := tx.Exec(ctx, insertEvent, eventArgs(e)...)
 	return err
+}
+
+// QueueEvent is InsertEvent for a batch: the scheduler pipelines a session's statements
+// so that a placement costs one round trip, not one per statement.
+func QueueEvent(b *pgx.Batch, e sessions.Event) { b.Queue(insertEvent, eventArgs(e)...) }
+
+// QueueNotifyChange is NotifyChange for a batch.
+func QueueNotifyChange(ctx context.Context, b *pgx.Batch, s sessions.Session) {
+	b.Queue(`SELECT pg_notify($1, $2)`, sessions.ChangeChannel, changePayload(ctx, s))
 }
 
 // Audit records a lifecycle action in the tenant's audit log.
@@ -103,9 +116,13 @@ func Audit(ctx context.Context, tx pgx.Tx, actor, action string, id sessions.ID,
 
 // NotifyChange announces a change of s on sessions.ChangeChannel when tx commits.
 func NotifyChange(ctx context.Context, tx pgx.Tx, s sessions.Session) error {
-	tid, _ := tenant.FromContext(ctx)
-	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.ChangeChannel, string(tid)+":"+string(s.ID)+":"+s.Owner)
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.ChangeChannel, changePayload(ctx, s))
 	return err
+}
+
+func changePayload(ctx context.Context, s sessions.Session) string {
+	tid, _ := tenant.FromContext(ctx)
+	return string(tid) + ":" + string(s.ID) + ":" + s.Owner
 }
 
 // NotifyWork tells schedulers, when tx commits, that the tenant has work.
@@ -152,7 +169,15 @@ const tenantSubject = ""
 // row and each sees the others' effect: the quota can never be exceeded, whatever the
 // isolation level. The tenant row is always locked before the user's, by every path, so
 // charges and releases cannot deadlock.
-func charge(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64) error {
+//
+// The tenant's row is the one point where all of a tenant's creates queue, and it stays
+// locked until commit, so the time between taking it and committing bounds the tenant's
+// create rate. That is why the settings are read first, and why both upserts and the
+// statements of tail (the transaction's last ones, such as its notifications) go to the
+// server in one pipelined batch: one round trip, then the commit, while the row is held.
+// A refused upsert leaves the later statements to run for nothing; the error rolls them
+// back.
+func charge(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64, tail ...queued) error {
 	st, err := settings(ctx, tx)
 	if err != nil {
 		return err
@@ -162,28 +187,69 @@ func charge(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64) error 
 		return err
 	}
 	one := sessions.Usage{Sessions: 1, CPUMillis: cpu, MemoryBytes: mem}
-	for _, c := range []struct {
+	subjects := []struct {
 		subject, who string
 		q            sessions.Quota
-	}{{tenantSubject, "the tenant's", st.Tenant}, {owner, "your", uq}} {
+	}{{tenantSubject, "the tenant's", st.Tenant}, {owner, "your", uq}}
+	b := &pgx.Batch{}
+	for _, c := range subjects {
 		if what := one.Exceeds(c.q); what != "" {
 			return apperr.New(apperr.QuotaExceeded, "this session alone exceeds %s %s quota", c.who, what)
 		}
-		var n int64
-		err := tx.QueryRow(ctx, `INSERT INTO session_usage AS u (subject, sessions, cpu_millis, memory_bytes) VALUES ($1, 1, $2, $3)
+		b.Queue(`INSERT INTO session_usage AS u (subject, sessions, cpu_millis, memory_bytes) VALUES ($1, 1, $2, $3)
 			ON CONFLICT (subject) DO UPDATE SET sessions = u.sessions + 1, cpu_millis = u.cpu_millis + $2, memory_bytes = u.memory_bytes + $3
 			WHERE ($4::bigint IS NULL OR u.sessions + 1 <= $4)
 			  AND ($5::bigint IS NULL OR u.cpu_millis + $2 <= $5)
 			  AND ($6::bigint IS NULL OR u.memory_bytes + $3 <= $6)
-			RETURNING sessions`, c.subject, cpu, mem, c.q.MaxSessions, c.q.MaxCPUMillis, c.q.MaxMemoryBytes).Scan(&n)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return quotaError(ctx, tx, c.subject, c.who, c.q, one)
-		}
-		if err != nil {
+			RETURNING sessions`, c.subject, cpu, mem, c.q.MaxSessions, c.q.MaxCPUMillis, c.q.MaxMemoryBytes)
+	}
+	for _, q := range tail {
+		b.Queue(q.sql, q.args...)
+	}
+	res := tx.SendBatch(ctx, b)
+	refused := -1
+	for i := range subjects {
+		var n int64
+		err := res.QueryRow().Scan(&n)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			if refused < 0 {
+				refused = i
+			}
+		case err != nil:
+			res.Close()
 			return err
 		}
 	}
+	for range tail {
+		if _, err := res.Exec(); err != nil {
+			res.Close()
+			return err
+		}
+	}
+	if err := res.Close(); err != nil {
+		return err
+	}
+	if refused >= 0 {
+		c := subjects[refused]
+		return quotaError(ctx, tx, c.subject, c.who, c.q, one)
+	}
 	return nil
+}
+
+// queued is a statement for charge to send after the upserts.
+type queued struct {
+	sql  string
+	args []any
+}
+
+// notifications are the NOTIFYs of NotifyWork and NotifyChange, for charge's tail.
+func notifications(ctx context.Context, s sessions.Session) []queued {
+	tid, _ := tenant.FromContext(ctx)
+	return []queued{
+		{`SELECT pg_notify($1, $2)`, []any{sessions.WorkChannel, string(tid)}},
+		{`SELECT pg_notify($1, $2)`, []any{sessions.ChangeChannel, changePayload(ctx, s)}},
+	}
 }
 
 // quotaError says which limit a refused charge would have broken.
@@ -211,14 +277,6 @@ func release(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64) error
 		}
 	}
 	return nil
-}
-
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
 }
 
 // Create implements sessions.Store.
@@ -256,9 +314,6 @@ func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.
 				return notFound(err)
 			}
 		}
-		if err := charge(ctx, tx, n.Owner, n.CPUMillis, n.MemoryBytes); err != nil {
-			return err
-		}
 		var err error
 		out, err = Scan(tx.QueryRow(ctx, `INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
 				spec, cpu_millis, memory_bytes, agent_tags, tags, desired, generation, phase, reason,
@@ -286,10 +341,10 @@ func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.
 			"cpu_millis": out.CPUMillis, "memory_bytes": out.MemoryBytes}); err != nil {
 			return err
 		}
-		if err := NotifyWork(ctx, tx); err != nil {
-			return err
-		}
-		return NotifyChange(ctx, tx, out)
+		// The charge comes last, with the notifications: its usage rows are the tenant's
+		// one point of contention (see charge), so they are locked only from here to the
+		// commit, not for the inserts above.
+		return charge(ctx, tx, n.Owner, n.CPUMillis, n.MemoryBytes, notifications(ctx, out)...)
 	})
 	return out, replayed, err
 }

@@ -26,8 +26,6 @@ import (
 	"streamspace.dev/libs/pgserver"
 	"streamspace.dev/libs/seal"
 	"streamspace.dev/libs/server"
-	gateway "streamspace.dev/services/agent-gateway"
-	"streamspace.dev/services/identity"
 	"streamspace.dev/services/streamspace"
 	"streamspace.dev/tenants/cli"
 )
@@ -80,13 +78,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 func serve(args []string, dev bool, stderr io.Writer) int {
 	name := map[bool]string{true: "dev", false: "serve"}[dev]
 	cfg := server.Config{Name: "streamspace"}
-	var idcfg identity.Config
-	var gwcfg gateway.Config
+	var set streamspace.Settings
 	fs := flag.NewFlagSet("streamspace "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg.Register(fs)
-	idcfg.Register(fs)
-	gwcfg.Register(fs, false)
+	set.Identity.Register(fs)
+	set.Gateway.Register(fs, false)
+	set.Scheduler.Register(fs)
+	set.Sessions.Register(fs)
 	var dataDir string
 	var migrate bool
 	if dev {
@@ -109,13 +108,13 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 		}
 		cfg.DatabaseURL = url
 	}
-	if dev && idcfg.KEK == "" {
+	if dev && set.Identity.KEK == "" {
 		kek, err := devKEK(dataDir)
 		if err != nil {
 			fmt.Fprintf(stderr, "streamspace: %v\n", err)
 			return 1
 		}
-		idcfg.KEK = kek
+		set.Identity.KEK = kek
 	}
 	opts := server.Options{OnStart: func(s server.Started) {
 		if dev {
@@ -125,7 +124,7 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 	if migrate {
 		opts.Before = func(ctx context.Context, pool *pgxpool.Pool) error { return streamspace.Migrate(ctx, pool, logger) }
 	}
-	build := func(d server.Deps) ([]server.Module, error) { return streamspace.ModulesWithGateway(d, idcfg, gwcfg) }
+	build := func(d server.Deps) ([]server.Module, error) { return streamspace.ModulesWith(d, set) }
 	if err := server.Run(ctx, cfg, opts, build); err != nil {
 		fmt.Fprintf(stderr, "streamspace: %v\n", err)
 		return 1
