@@ -43,11 +43,19 @@ func NewService(store Store, templates Templates) Service {
 	return &service{store: store, templates: templates, now: time.Now}
 }
 
-// caller returns who is calling, the owner scope their reads and writes are limited to,
-// and the name the audit log records.
-func caller(ctx context.Context) (auth.Principal, Scope, error) {
+// caller returns who is calling and the owner scope their reads and writes are limited
+// to. A personal API token must also carry sessions:read, or sessions:write to change
+// anything.
+func caller(ctx context.Context, write bool) (auth.Principal, Scope, error) {
 	p, err := auth.RequireRole(ctx, auth.RoleMember)
 	if err != nil {
+		return p, Scope{}, err
+	}
+	need := auth.ScopeSessionsRead
+	if write {
+		need = auth.ScopeSessionsWrite
+	}
+	if _, err := auth.RequireScope(ctx, need); err != nil {
 		return p, Scope{}, err
 	}
 	if isAdmin(p) {
@@ -97,7 +105,7 @@ func requestHash(in NewSession) string {
 }
 
 func (s *service) Create(ctx context.Context, in NewSession, key string) (Session, bool, error) {
-	p, _, err := caller(ctx)
+	p, _, err := caller(ctx, true)
 	if err != nil {
 		return Session{}, false, err
 	}
@@ -275,7 +283,7 @@ func decodeCursor(c string) (*Cursor, error) {
 }
 
 func (s *service) List(ctx context.Context, q Query) (Page, error) {
-	p, scope, err := caller(ctx)
+	p, scope, err := caller(ctx, false)
 	if err != nil {
 		return Page{}, err
 	}
@@ -328,7 +336,7 @@ func validPhase(p Phase) bool {
 }
 
 func (s *service) Get(ctx context.Context, id ID) (Session, error) {
-	_, scope, err := caller(ctx)
+	_, scope, err := caller(ctx, false)
 	if err != nil {
 		return Session{}, err
 	}
@@ -340,7 +348,7 @@ func (s *service) Get(ctx context.Context, id ID) (Session, error) {
 
 // act applies a user's action through the state machine.
 func (s *service) act(ctx context.Context, id ID, a Action) (Session, error) {
-	p, scope, err := caller(ctx)
+	p, scope, err := caller(ctx, true)
 	if err != nil {
 		return Session{}, err
 	}
@@ -370,7 +378,7 @@ func (s *service) Delete(ctx context.Context, id ID) error {
 }
 
 func (s *service) SetTags(ctx context.Context, id ID, tags []string) (Session, error) {
-	p, scope, err := caller(ctx)
+	p, scope, err := caller(ctx, true)
 	if err != nil {
 		return Session{}, err
 	}
@@ -385,7 +393,7 @@ func (s *service) SetTags(ctx context.Context, id ID, tags []string) (Session, e
 }
 
 func (s *service) Events(ctx context.Context, id ID) ([]Event, error) {
-	_, scope, err := caller(ctx)
+	_, scope, err := caller(ctx, false)
 	if err != nil {
 		return nil, err
 	}
@@ -396,7 +404,7 @@ func (s *service) Events(ctx context.Context, id ID) ([]Event, error) {
 }
 
 func (s *service) Heartbeat(ctx context.Context, id ID) error {
-	_, scope, err := caller(ctx)
+	_, scope, err := caller(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -407,6 +415,9 @@ func (s *service) Heartbeat(ctx context.Context, id ID) error {
 }
 
 func (s *service) Settings(ctx context.Context) (Settings, error) {
+	if _, _, err := caller(ctx, false); err != nil {
+		return Settings{}, err
+	}
 	if _, err := auth.RequireRole(ctx, auth.RoleAdmin); err != nil {
 		return Settings{}, err
 	}
@@ -424,6 +435,9 @@ func validQuota(field string, q Quota) []apperr.FieldError {
 }
 
 func (s *service) SetSettings(ctx context.Context, st Settings) (Settings, error) {
+	if _, _, err := caller(ctx, true); err != nil {
+		return Settings{}, err
+	}
 	p, err := auth.RequireRole(ctx, auth.RoleAdmin)
 	if err != nil {
 		return Settings{}, err
@@ -448,6 +462,9 @@ func (s *service) SetSettings(ctx context.Context, st Settings) (Settings, error
 }
 
 func (s *service) SetUserQuota(ctx context.Context, user string, q Quota) error {
+	if _, _, err := caller(ctx, true); err != nil {
+		return err
+	}
 	p, err := auth.RequireRole(ctx, auth.RoleAdmin)
 	if err != nil {
 		return err

@@ -13,7 +13,6 @@ import (
 	kithttp "github.com/go-kit/kit/transport/http"
 
 	"streamspace.dev/libs/apperr"
-	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/kitx"
 	"streamspace.dev/libs/tenant"
 )
@@ -159,7 +158,7 @@ func decodeUserQuota(ctx context.Context, r *http.Request) (any, error) {
 func WatchHandler(svc Service, hub *Hub, heartbeat time.Duration, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := r.Context()
-		p, err := auth.RequireRole(ctx, auth.RoleMember)
+		p, _, err := caller(ctx, false)
 		if err != nil {
 			apperr.WriteHTTP(w, r.URL.Path, err)
 			return

@@ -195,6 +195,19 @@ func TestAPI(t *testing.T) {
 			t.Fatalf("created %+v", mine)
 		}
 	})
+	t.Run("scoped API tokens act only within their scopes", func(t *testing.T) {
+		h := h.with(t)
+		readOnly := h.signer.ScopedToken(t, h.acme, "carol", auth.RoleMember, auth.ScopeSessionsRead)
+		elsewhere := h.signer.ScopedToken(t, h.acme, "carol", auth.RoleMember, auth.ScopeCatalogRead)
+		// Creating reads the template with the caller's rights, so it needs catalog:read too.
+		writer := h.signer.ScopedToken(t, h.acme, "carol", auth.RoleMember,
+			auth.ScopeSessionsRead, auth.ScopeSessionsWrite, auth.ScopeCatalogRead)
+		body := map[string]any{"template": "desk"}
+		h.expect(h.do("GET", "/api/v1/sessions", readOnly, nil), 200, "")
+		h.expect(h.do("POST", "/api/v1/sessions", readOnly, body), 403, "forbidden")
+		h.expect(h.do("GET", "/api/v1/sessions", elsewhere, nil), 403, "forbidden")
+		h.expect(h.do("POST", "/api/v1/sessions", writer, body), 201, "")
+	})
 	t.Run("bad input", func(t *testing.T) {
 		h := h.with(t)
 		h.expect(h.do("POST", "/api/v1/sessions", alice, map[string]any{"template": "nope"}), 404, "not_found")
