@@ -52,12 +52,8 @@ const OpenAPIPath = "/api/v1/scheduler/openapi.json"
 //go:embed openapi.json
 var openAPI []byte
 
-// Route is one served route.
-type Route struct {
-	Method, Pattern string
-	Public          bool
-	Handler         http.Handler
-}
+// Route is one served route (see kitx.Route).
+type Route = kitx.Route
 
 // MakeRoutes returns the scheduler's routes; all but the OpenAPI document expect the
 // caller's principal (auth.Middleware), which the module adds.

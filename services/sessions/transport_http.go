@@ -32,14 +32,8 @@ var openAPI []byte
 // OpenAPI returns the embedded OpenAPI 3.1 document.
 func OpenAPI() []byte { return openAPI }
 
-// Route is one served route: a method, a net/http pattern and its handler.
-type Route struct {
-	Method  string
-	Pattern string
-	// Public routes are served without authentication.
-	Public  bool
-	Handler http.Handler
-}
+// Route is one served route (see kitx.Route).
+type Route = kitx.Route
 
 // MakeRoutes returns the service's routes. Every route but the OpenAPI document expects
 // the caller's principal in the context (auth.Middleware); the module wraps them. The live

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/kitx"
 	"streamspace.dev/libs/server"
 	"streamspace.dev/services/catalog"
 	"streamspace.dev/services/catalog/manifest"
@@ -61,21 +62,11 @@ func (m *Module) Name() string { return catalog.Name }
 
 // Register implements server.Module.
 func (m *Module) Register(mux *http.ServeMux) {
-	for _, r := range m.routes {
-		h := r.Handler
-		if !r.Public {
-			h = m.auth(h)
-		}
-		mux.Handle(r.Method+" "+r.Pattern, h)
-	}
+	kitx.Mount(mux, m.routes, m.auth)
 }
 
 // Routes returns the patterns Register serves ("GET /api/v1/templates/{name}"), for the
 // test that holds them and the OpenAPI document together.
 func (m *Module) Routes() []string {
-	out := make([]string, len(m.routes))
-	for i, r := range m.routes {
-		out[i] = r.Method + " " + r.Pattern
-	}
-	return out
+	return kitx.Patterns(m.routes)
 }

@@ -21,6 +21,7 @@ import (
 
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/config"
+	"streamspace.dev/libs/kitx"
 	"streamspace.dev/libs/server"
 	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/tenantdb"
@@ -118,22 +119,12 @@ func (m *Module) Name() string { return scheduler.Name }
 
 // Register implements server.Module.
 func (m *Module) Register(mux *http.ServeMux) {
-	for _, r := range m.routes {
-		h := r.Handler
-		if !r.Public {
-			h = m.auth(h)
-		}
-		mux.Handle(r.Method+" "+r.Pattern, h)
-	}
+	kitx.Mount(mux, m.routes, m.auth)
 }
 
 // Routes returns the served patterns.
 func (m *Module) Routes() []string {
-	out := make([]string, len(m.routes))
-	for i, r := range m.routes {
-		out[i] = r.Method + " " + r.Pattern
-	}
-	return out
+	return kitx.Patterns(m.routes)
 }
 
 // Loop returns the placement loop, for tests that drive it.

@@ -24,6 +24,7 @@ import (
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/config"
+	"streamspace.dev/libs/kitx"
 	"streamspace.dev/libs/server"
 	"streamspace.dev/libs/tenant"
 	gateway "streamspace.dev/services/agent-gateway"
@@ -123,23 +124,13 @@ func (m *Module) Name() string { return sessions.Name }
 
 // Register implements server.Module.
 func (m *Module) Register(mux *http.ServeMux) {
-	for _, r := range m.routes {
-		h := r.Handler
-		if !r.Public {
-			h = m.auth(h)
-		}
-		mux.Handle(r.Method+" "+r.Pattern, h)
-	}
+	kitx.Mount(mux, m.routes, m.auth)
 }
 
 // Routes returns the patterns Register serves, for the test that holds them and the
 // OpenAPI document together.
 func (m *Module) Routes() []string {
-	out := make([]string, len(m.routes))
-	for i, r := range m.routes {
-		out[i] = r.Method + " " + r.Pattern
-	}
-	return out
+	return kitx.Patterns(m.routes)
 }
 
 // Service returns the decorated service, for in-process callers.
