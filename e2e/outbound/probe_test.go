@@ -1,0 +1,149 @@
+package outbound
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// probeTimeout is how long an inbound probe waits. The firewall drops rather than
+// rejects, so a blocked probe ends in a timeout; on a veth pair a reachable listener
+// answers in well under a millisecond.
+const probeTimeout = 1500 * time.Millisecond
+
+// listeners is a TCP and a UDP service inside the agent's namespace, standing in for
+// anything a customer might run there (or a port the agent might wrongly open). The TCP
+// one greets and hangs up; the UDP one echoes.
+type listeners struct {
+	tcp, udp string // host:port on the agent's veth address
+}
+
+func startListeners(t *testing.T, ns string) listeners {
+	t.Helper()
+	var tl net.Listener
+	var ul net.PacketConn
+	err := inNS(ns, func() error {
+		var err error
+		if tl, err = net.Listen("tcp", "0.0.0.0:0"); err != nil {
+			return err
+		}
+		ul, err = net.ListenPacket("udp", "0.0.0.0:0")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("starting listeners in the agent's namespace: %v", err)
+	}
+	t.Cleanup(func() { tl.Close(); ul.Close() })
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("hello\n"))
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := ul.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = ul.WriteTo(buf[:n], from)
+		}
+	}()
+	return listeners{
+		tcp: net.JoinHostPort(agentIP, fmt.Sprint(tl.Addr().(*net.TCPAddr).Port)),
+		udp: net.JoinHostPort(agentIP, fmt.Sprint(ul.LocalAddr().(*net.UDPAddr).Port)),
+	}
+}
+
+// probeTCP connects from namespace from to addr and reads the greeting; nil means the
+// connection was established.
+func probeTCP(from, addr string) error {
+	var c net.Conn
+	err := inNS(from, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, probeTimeout)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(probeTimeout))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if string(b) != "hello\n" {
+		return fmt.Errorf("unexpected greeting %q", b)
+	}
+	return nil
+}
+
+// probeUDP sends a datagram from namespace from to addr and waits for its echo; nil
+// means the datagram got in (and its reply out).
+func probeUDP(from, addr string) error {
+	var c net.Conn
+	err := inNS(from, func() error {
+		var err error
+		c, err = net.Dial("udp", addr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(probeTimeout))
+	if _, err := c.Write([]byte("probe")); err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != "probe" {
+		return fmt.Errorf("unexpected echo %q", buf[:n])
+	}
+	return nil
+}
+
+// isTimeout reports whether a probe failed by timing out, as a dropped packet makes it
+// (a refusal would be an RST or ICMP port unreachable: a reply the firewall let out).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// requireBlocked fails unless both probes from ns time out.
+func requireBlocked(t *testing.T, ns string, l listeners) {
+	t.Helper()
+	if err := probeTCP(ns, l.tcp); err == nil {
+		t.Errorf("a new inbound TCP connection from %s to the agent's site at %s was accepted: the site is not outbound-only", ns, l.tcp)
+	} else if !isTimeout(err) {
+		t.Errorf("inbound TCP to %s failed, but not by being dropped (want a timeout): %v", l.tcp, err)
+	}
+	if err := probeUDP(ns, l.udp); err == nil {
+		t.Errorf("an inbound UDP datagram from %s to the agent's site at %s was answered: the site is not outbound-only", ns, l.udp)
+	} else if !isTimeout(err) {
+		t.Errorf("inbound UDP to %s failed, but not by being dropped (want a timeout): %v", l.udp, err)
+	}
+}
+
+// requireReachable fails unless both probes from ns succeed.
+func requireReachable(t *testing.T, ns string, l listeners, why string) {
+	t.Helper()
+	if err := probeTCP(ns, l.tcp); err != nil {
+		t.Fatalf("TCP from %s to %s (%s): %v", ns, l.tcp, why, err)
+	}
+	if err := probeUDP(ns, l.udp); err != nil {
+		t.Fatalf("UDP from %s to %s (%s): %v", ns, l.udp, why, err)
+	}
+}

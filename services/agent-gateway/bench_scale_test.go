@@ -1,0 +1,569 @@
+package gateway_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/auth/authtest"
+	"streamspace.dev/libs/wire"
+	gateway "streamspace.dev/services/agent-gateway"
+	"streamspace.dev/tenants/tenantstest"
+)
+
+// agentsPerSocket is how many simulated agents share one UDP socket (one quic.Transport)
+// in the load generator: 10,000 agents then need 10 sockets, not 10,000 descriptors.
+const agentsPerSocket = 1000
+
+// BenchmarkScaleIdleAgents runs the real agent-gateway binary as its own process and
+// connects N simulated agents to it (default 10,000; STREAMSPACE_BENCH_AGENTS
+// overrides) from this process, the load generator. Each agent enrolls over HTTPS with
+// its own key, completes the mTLS QUIC handshake and Hello, keeps its tunnel alive with
+// the real agent's 5 s keep-alive, answers pushes, and heartbeats at the interval the
+// gateway names (its production default, 10 s), the first beat at a random offset so
+// the load is spread as a real fleet's would be.
+//
+// Because the gateway is a separate process, its costs are read from the kernel and
+// from its own /metrics, untouched by the load generator's: memory per idle agent is the
+// growth of its RSS (and of its Go heap in use) from before the agents connect to after
+// they have settled, divided by N; CPU is its user+system time over a measured window
+// (default 30 s, three heartbeat rounds; STREAMSPACE_BENCH_WINDOW overrides) divided by
+// the window. PostgreSQL's own CPU is not counted. Identity is replaced by a stub that
+// validates enrollment tokens, since only the gateway is measured. Run with
+// -benchtime=1x; goals (issue 5): at most 100 KiB per agent and 25% of one core.
+func BenchmarkScaleIdleAgents(b *testing.B) {
+	n := envInt(b, "STREAMSPACE_BENCH_AGENTS", 10000)
+	window := 30 * time.Second
+	if v := os.Getenv("STREAMSPACE_BENCH_WINDOW"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatalf("STREAMSPACE_BENCH_WINDOW=%q: %v", v, err)
+		}
+		window = d
+	}
+	for range b.N {
+		gw := startGatewayProcess(b)
+		began := time.Now()
+		ids := enrollMany(b, gw, n)
+		enrolled := time.Since(began)
+
+		// Settle, then the baseline: everything but the agents' connections is in place.
+		time.Sleep(2 * time.Second)
+		rss0, heap0 := gw.rss(b), gw.heapInuse(b)
+
+		began = time.Now()
+		fleet := connectMany(b, gw, ids)
+		connected := time.Since(began)
+		defer fleet.close()
+
+		// Let a few heartbeat rounds and keep-alives pass, and the GC find its level.
+		time.Sleep(15 * time.Second)
+		rss1, heap1 := gw.rss(b), gw.heapInuse(b)
+		cpu0, wall0 := gw.cpu(b), time.Now()
+		time.Sleep(window)
+		cpu1, wall1 := gw.cpu(b), time.Now()
+		up := fleet.up()
+		if up != n {
+			b.Errorf("%d of %d agents were still connected after the window", up, n)
+		}
+
+		b.ReportMetric(float64(n), "agents")
+		b.ReportMetric(float64(rss1-rss0)/float64(n)/1024, "rss_KiB/agent")
+		if heap0 >= 0 && heap1 >= 0 {
+			b.ReportMetric(float64(heap1-heap0)/float64(n)/1024, "heap_KiB/agent")
+		}
+		b.ReportMetric(100*(cpu1-cpu0).Seconds()/wall1.Sub(wall0).Seconds(), "gw_cpu_%core")
+		b.ReportMetric(enrolled.Seconds(), "enroll_s")
+		b.ReportMetric(connected.Seconds(), "connect_s")
+		b.ReportMetric(float64(fleet.beats.Load()), "heartbeats_sent")
+		gw.stop(b)
+	}
+}
+
+// gwProc is the agent-gateway binary running against a fresh database.
+type gwProc struct {
+	env    *tenantstest.Env
+	cmd    *exec.Cmd
+	admin  string // admin API base URL (/metrics, the CA)
+	agents string // agents' address: QUIC and HTTPS enrollment
+	caPool *x509.CertPool
+	log    *lockedBuffer
+}
+
+// lockedBuffer collects the gateway's output, written by exec's copier while the
+// benchmark may read it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// startGatewayProcess builds cmd/agent-gateway and runs it on loopback with production
+// defaults, beside a stub identity answering token validation and JWKS.
+func startGatewayProcess(b *testing.B) *gwProc {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "agent-gateway")
+	if out, err := exec.Command("go", "build", "-o", bin, "streamspace.dev/services/agent-gateway/cmd/agent-gateway").CombinedOutput(); err != nil {
+		b.Fatalf("building agent-gateway: %v\n%s", err, out)
+	}
+	env := tenantstest.New(b)
+	tn, _ := env.Tenant(b, "fleet")
+	signer := authtest.NewSigner(b)
+	var tokens atomic.Int64
+	idsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case auth.JWKSPath:
+			_, _ = w.Write(signer.JWKS())
+		case "/api/v1/agents/enroll/validate":
+			var req struct {
+				Token string `json:"token"`
+			}
+			_ = json.NewDecoder(r.Body).Decode(&req)
+			// Every token names its agent; a real identity would also spend it.
+			id := tokens.Add(1)
+			_ = json.NewEncoder(w).Encode(gateway.Enrollment{Tenant: tn.ID, TokenID: fmt.Sprint(id), Name: req.Token})
+		default:
+			http.NotFound(w, r)
+		}
+	})}
+	il, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = idsrv.Serve(il) }()
+	b.Cleanup(func() { _ = idsrv.Close() })
+	identityURL := "http://" + il.Addr().String()
+
+	adminAddr, agentAddr := freeAddr(b), freeUDPTCPAddr(b)
+	g := &gwProc{env: env, admin: "http://" + adminAddr, agents: agentAddr, log: &lockedBuffer{}}
+	g.cmd = exec.Command(bin, "--database-url", env.URL, "--listen", adminAddr, "--agent-listen", agentAddr,
+		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", "warn")
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	if err := g.cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { g.stop(b) })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(g.admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("agent-gateway not ready within 60 s:\n%s", g.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get(g.admin + gateway.CAPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	caPEM, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	g.caPool = x509.NewCertPool()
+	if !g.caPool.AppendCertsFromPEM(caPEM) {
+		b.Fatalf("no CA at %s: %s", gateway.CAPath, caPEM)
+	}
+	return g
+}
+
+func (g *gwProc) stop(b *testing.B) {
+	if g.cmd.ProcessState != nil {
+		return
+	}
+	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = g.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = g.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// tail returns the end of the gateway's log.
+func (g *gwProc) tail() string {
+	s := g.log.String()
+	return s[max(0, len(s)-4000):]
+}
+
+// rss is the gateway's resident set in bytes, from /proc.
+func (g *gwProc) rss(b *testing.B) int64 {
+	b.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", g.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
+
+// cpu is the gateway's user+system CPU time so far, from /proc (clock ticks of 1/100 s,
+// the Linux default USER_HZ).
+func (g *gwProc) cpu(b *testing.B) time.Duration {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", g.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The command name may hold spaces; the fields after it are fixed.
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// heapInuse is go_memstats_heap_inuse_bytes from the gateway's /metrics, or -1 when it
+// does not export the Go collector.
+func (g *gwProc) heapInuse(b *testing.B) int64 {
+	b.Helper()
+	resp, err := http.Get(g.admin + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	s := bufio.NewScanner(resp.Body)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "go_memstats_heap_inuse_bytes "); ok {
+			v, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return int64(v)
+		}
+	}
+	return -1
+}
+
+// simAgent is one enrolled identity of the fleet.
+type simAgent struct {
+	id   wire.AgentID
+	cert tls.Certificate
+}
+
+// enrollMany enrolls n agents through the gateway's HTTPS endpoint, each with its own
+// key and CSR, over a shared keep-alive client.
+func enrollMany(b *testing.B, g *gwProc, n int) []simAgent {
+	b.Helper()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32,
+		TLSClientConfig: &tls.Config{RootCAs: g.caPool, ServerName: "localhost"}}}
+	out := make([]simAgent, n)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	next := atomic.Int64{}
+	for range 32 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || failed.Load() != nil {
+					return
+				}
+				a, err := enrollOne(client, g, fmt.Sprintf("agent-%d", i))
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				out[i] = a
+			}
+		})
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		b.Fatalf("enrolling: %v\ngateway log (tail):\n%s", err, g.tail())
+	}
+	return out
+}
+
+func enrollOne(client *http.Client, g *gwProc, name string) (simAgent, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return simAgent{}, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		return simAgent{}, err
+	}
+	body, _ := json.Marshal(gateway.EnrollRequest{Token: name, CSRPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
+	resp, err := client.Post("https://"+g.agents+gateway.EnrollPath, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return simAgent{}, err
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusCreated {
+		return simAgent{}, fmt.Errorf("enroll %s: %d %s", name, resp.StatusCode, rb)
+	}
+	var er gateway.EnrollResponse
+	if err := json.Unmarshal(rb, &er); err != nil {
+		return simAgent{}, err
+	}
+	block, _ := pem.Decode([]byte(er.CertificatePEM))
+	if block == nil {
+		return simAgent{}, fmt.Errorf("no certificate for %s", name)
+	}
+	return simAgent{id: er.AgentID, cert: tls.Certificate{Certificate: [][]byte{block.Bytes}, PrivateKey: key}}, nil
+}
+
+// fleet is the connected simulated agents.
+type fleet struct {
+	transports []*quic.Transport
+	conns      []*quic.Conn
+	beats      atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// connectMany connects every agent: handshake, Hello, HelloAck, then a goroutine that
+// heartbeats and one that answers pushes. Agents share UDP sockets, agentsPerSocket each.
+func connectMany(b *testing.B, g *gwProc, agents []simAgent) *fleet {
+	b.Helper()
+	f := &fleet{conns: make([]*quic.Conn, len(agents)), stop: make(chan struct{})}
+	for range (len(agents) + agentsPerSocket - 1) / agentsPerSocket {
+		uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		f.transports = append(f.transports, &quic.Transport{Conn: uc})
+	}
+	raddr, err := net.ResolveUDPAddr("udp", g.agents)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	next := atomic.Int64{}
+	// About as many handshakes in flight as the gateway's database pool can serve.
+	for range 32 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(agents) || failed.Load() != nil {
+					return
+				}
+				c, err := f.connect(f.transports[i/agentsPerSocket], raddr, g.caPool, agents[i])
+				if err != nil {
+					failed.Store(fmt.Errorf("agent %d: %w", i, err))
+					return
+				}
+				f.conns[i] = c
+			}
+		})
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		f.close()
+		b.Fatalf("connecting: %v\ngateway log (tail):\n%s", err, g.tail())
+	}
+	return f
+}
+
+func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool, a simAgent) (*quic.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conf := &tls.Config{Certificates: []tls.Certificate{a.cert}, RootCAs: roots, ServerName: "localhost",
+		NextProtos: wire.SupportedALPNs(), MinVersion: tls.VersionTLS13}
+	// The real agent's defaults (agent/tunnel): 5 s keep-alive, 20 s idle timeout.
+	conn, err := tr.Dial(ctx, raddr, conf, &quic.Config{KeepAlivePeriod: 5 * time.Second, MaxIdleTimeout: 20 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w, r := wire.NewWriter(st), wire.NewReader(st, 0)
+	capacity := wire.Capacity{CPUAllocatableMillis: 8000, MemoryAllocatableBytes: 16 << 30, MaxSessions: 20}
+	if err := w.WritePreamble(wire.StreamControl); err != nil {
+		return nil, err
+	}
+	if err := w.Write(&wire.Hello{AgentID: a.id, AgentVersion: "bench", Protocol: wire.Current, Capacity: capacity}); err != nil {
+		return nil, err
+	}
+	if _, err := r.ReadPreamble(); err != nil {
+		return nil, err
+	}
+	m, err := r.Read()
+	if err != nil {
+		return nil, err
+	}
+	ack, ok := m.(*wire.HelloAck)
+	if !ok {
+		return nil, fmt.Errorf("got %T, want hello_ack", m)
+	}
+	interval := ack.HeartbeatInterval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	f.wg.Go(func() {
+		// Drain the control stream so the gateway's writes never block on us.
+		for {
+			if _, err := r.Read(); err != nil {
+				return
+			}
+		}
+	})
+	f.wg.Go(func() {
+		// The first beat at a random point of the interval, as a fleet started over
+		// time would be; then every interval.
+		var jitter [8]byte
+		_, _ = rand.Read(jitter[:])
+		t := time.NewTimer(time.Duration(uint64(jitter[0])<<8|uint64(jitter[1])) * interval / 65536)
+		defer t.Stop()
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-f.stop:
+				return
+			case <-conn.Context().Done():
+				return
+			case <-t.C:
+			}
+			if err := w.Write(&wire.Heartbeat{Seq: seq, Capacity: capacity}); err != nil {
+				return
+			}
+			f.beats.Add(1)
+			t.Reset(interval)
+		}
+	})
+	f.wg.Go(func() {
+		for {
+			ps, err := conn.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			go answerPush(ps)
+		}
+	})
+	return conn, nil
+}
+
+// answerPush reads a desired-state push to its end and acknowledges every assignment in
+// it, as the real agent does after applying.
+func answerPush(st *quic.Stream) {
+	defer st.Close()
+	r := wire.NewReader(st, 0)
+	if _, err := r.ReadPreamble(); err != nil {
+		return
+	}
+	var acks []wire.Assignment
+	for {
+		m, err := r.Read()
+		if err != nil {
+			break
+		}
+		if ds, ok := m.(*wire.DesiredState); ok {
+			acks = append(acks, ds.Assignments...)
+		}
+	}
+	w := wire.NewWriter(st)
+	if err := w.WritePreamble(wire.StreamDesiredState); err != nil {
+		return
+	}
+	for _, a := range acks {
+		_ = w.Write(&wire.Ack{SessionID: a.SessionID, Generation: a.Generation})
+	}
+}
+
+// up counts connections still open.
+func (f *fleet) up() int {
+	n := 0
+	for _, c := range f.conns {
+		if c != nil && c.Context().Err() == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fleet) close() {
+	select {
+	case <-f.stop:
+		return
+	default:
+	}
+	close(f.stop)
+	for _, c := range f.conns {
+		if c != nil {
+			_ = c.CloseWithError(0, "bench over")
+		}
+	}
+	f.wg.Wait()
+	for _, tr := range f.transports {
+		_ = tr.Close()
+	}
+}
+
+func freeAddr(b *testing.B) string {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// freeUDPTCPAddr finds a port free for both UDP and TCP: the gateway serves QUIC and
+// HTTPS enrollment on the same one.
+func freeUDPTCPAddr(b *testing.B) string {
+	b.Helper()
+	for range 50 {
+		u, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		addr := u.LocalAddr().String()
+		t, err := net.Listen("tcp", addr)
+		u.Close()
+		if err == nil {
+			t.Close()
+			return addr
+		}
+	}
+	b.Fatal("no port free for both UDP and TCP")
+	return ""
+}
