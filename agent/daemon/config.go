@@ -41,9 +41,16 @@ type Config struct {
 	Tags string
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
-	// Backend selects the session backend; only "memory" exists until the Kubernetes one
-	// lands.
+	// Backend selects the session backend: "memory" or "kubernetes".
 	Backend string
+	// Kubernetes backend settings: the namespace holding the sessions, a kubeconfig
+	// (empty: in-cluster), the client's rate limit, and whether deleted sessions keep
+	// their home volumes.
+	Namespace, Kubeconfig string
+	KubeQPS               float64
+	KubeBurst             int
+	RetainHomes           bool
+	StorageClass          string
 
 	KeepAlive, IdleTimeout, Heartbeat time.Duration
 	BackoffInitial, BackoffMax        time.Duration
@@ -69,7 +76,13 @@ func FlagSet(cfg *Config) *flag.FlagSet {
 	config.String(fs, &cfg.Name, "name", "STREAMSPACE_AGENT_NAME", "", "name in the certificate request, for logs (the portal shows the name given to the enrollment token) (default: the host name)")
 	config.String(fs, &cfg.Tags, "tags", "STREAMSPACE_AGENT_TAGS", "", "comma-separated tags this agent reports, e.g. gpu,eu-west")
 	config.String(fs, &cfg.LogLevel, "log-level", "STREAMSPACE_LOG_LEVEL", "info", "debug, info, warn or error")
-	config.String(fs, &cfg.Backend, "backend", "STREAMSPACE_BACKEND", "memory", "session backend: memory (simulated sessions; the kubernetes backend comes later)")
+	config.String(fs, &cfg.Backend, "backend", "STREAMSPACE_BACKEND", "memory", "session backend: memory (simulated sessions) or kubernetes")
+	config.String(fs, &cfg.Namespace, "namespace", "STREAMSPACE_NAMESPACE", "", "kubernetes: namespace for the sessions (default: the agent's own, from its ServiceAccount)")
+	config.String(fs, &cfg.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubernetes: kubeconfig file (default: in-cluster ServiceAccount)")
+	fs.Float64Var(&cfg.KubeQPS, "kube-qps", 50, "kubernetes: client requests per second towards the apiserver")
+	fs.IntVar(&cfg.KubeBurst, "kube-burst", 100, "kubernetes: client request burst")
+	fs.BoolVar(&cfg.RetainHomes, "retain-homes", false, "kubernetes: keep a deleted session's home volume (a PVC annotated streamspace.dev/retain=true is always kept)")
+	config.String(fs, &cfg.StorageClass, "storage-class", "STREAMSPACE_STORAGE_CLASS", "", "kubernetes: StorageClass of home volumes (default: the cluster's default)")
 	config.Duration(fs, &cfg.KeepAlive, "keepalive", "STREAMSPACE_KEEPALIVE", tunnel.DefaultKeepAlive, "QUIC keep-alive period; must stay well under the 30s UDP conntrack timeout")
 	config.Duration(fs, &cfg.IdleTimeout, "idle-timeout", "STREAMSPACE_IDLE_TIMEOUT", tunnel.DefaultIdleTimeout, "QUIC idle timeout: a silent gateway is given up after this")
 	config.Duration(fs, &cfg.Heartbeat, "heartbeat", "STREAMSPACE_HEARTBEAT", tunnel.DefaultHeartbeat, "heartbeat interval when the gateway names none")
@@ -111,8 +124,14 @@ func (c *Config) Validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Backend != "memory" {
-		bad("-backend %q is not known (memory)", c.Backend)
+	switch c.Backend {
+	case "memory":
+	case "kubernetes":
+		if c.KubeQPS <= 0 || c.KubeBurst <= 0 {
+			bad("-kube-qps and -kube-burst must be positive")
+		}
+	default:
+		bad("-backend %q is not known (memory, kubernetes)", c.Backend)
 	}
 	if c.KeepAlive <= 0 || c.KeepAlive > conntrackUDPTimeout/2 {
 		bad("-keepalive %v must be positive and at most %v, half the UDP conntrack timeout", c.KeepAlive, conntrackUDPTimeout/2)

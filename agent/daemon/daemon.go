@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"streamspace.dev/agent"
-	"streamspace.dev/agent/backend/memory"
 	"streamspace.dev/agent/backoff"
 	"streamspace.dev/agent/enroll"
 	"streamspace.dev/agent/reconcile"
@@ -119,7 +118,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log = log.With("agent", cred.Agent, "tenant", cred.Tenant)
 
-	backend := newBackend(cfg)
+	// The backend, like the reconcile loop, outlives the tunnel's drain.
+	backend, err := newBackend(context.WithoutCancel(ctx), cfg, cred.Agent, log)
+	if err != nil {
+		return &tunnel.PermanentError{Err: err}
+	}
 	defer backend.Close()
 	var b agent.Backend = backend
 	rec := reconcile.New(b, log)
@@ -197,12 +200,4 @@ func rootCAs(caFile, stateDir string) (*x509.CertPool, error) {
 		}
 	}
 	return pool, nil
-}
-
-func newBackend(cfg Config) *memory.Backend {
-	return memory.New(memory.Config{
-		StartDelay: 500 * time.Millisecond, RunDelay: time.Second, StopDelay: 500 * time.Millisecond,
-		Allocatable:         wire.Capacity{CPUAllocatableMillis: 8000, MemoryAllocatableBytes: 16 << 30, MaxSessions: 20},
-		PerSessionCPUMillis: 500, PerSessionMemoryBytes: 1 << 30,
-	})
 }
