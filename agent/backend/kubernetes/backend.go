@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"streamspace.dev/agent"
+	"streamspace.dev/agent/backend/feed"
 	"streamspace.dev/libs/wire"
 )
 
@@ -113,7 +114,7 @@ type Backend struct {
 	depGen   map[string]int64              // generation of the Deployment we last wrote
 	inflight map[string]int                // ensures running now, by session label
 	probes   map[string]*probe
-	watchers map[*watcher]struct{}
+	watchers feed.Feed
 
 	synced    atomic.Bool
 	kick      chan struct{}
@@ -189,7 +190,6 @@ func New(cfg Config) (*Backend, error) {
 		inflight: map[string]int{},
 		probes:   map[string]*probe{},
 		specs:    map[string]cachedSpec{},
-		watchers: map[*watcher]struct{}{},
 		kick:     make(chan struct{}, 1),
 		probeSem: make(chan struct{}, 32),
 	}

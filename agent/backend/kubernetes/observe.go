@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -343,9 +342,7 @@ func (b *Backend) emit(label string, st wire.SessionStatus) {
 	} else {
 		b.status[label] = st
 	}
-	for w := range b.watchers {
-		w.push(st)
-	}
+	b.watchers.Publish(st)
 }
 
 func sameStatus(a, b wire.SessionStatus) bool {
@@ -405,62 +402,7 @@ func (b *Backend) Watch(ctx context.Context) (<-chan wire.SessionStatus, error) 
 	if err := b.ctx.Err(); err != nil {
 		return nil, fmt.Errorf("kubernetes backend: closed: %w", err)
 	}
-	w := &watcher{signal: make(chan struct{}, 1)}
-	b.mu.Lock()
-	b.watchers[w] = struct{}{}
-	b.mu.Unlock()
-	out := make(chan wire.SessionStatus)
-	done := b.ctx.Done()
-	go func() {
-		defer close(out)
-		defer func() {
-			b.mu.Lock()
-			delete(b.watchers, w)
-			b.mu.Unlock()
-		}()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-done:
-				return
-			case <-w.signal:
-			}
-			for _, st := range w.drain() {
-				select {
-				case out <- st:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
-	return out, nil
-}
-
-// watcher queues statuses without bound, so emitting never blocks on a slow reader.
-type watcher struct {
-	mu     sync.Mutex
-	queue  []wire.SessionStatus
-	signal chan struct{}
-}
-
-func (w *watcher) push(st wire.SessionStatus) {
-	w.mu.Lock()
-	w.queue = append(w.queue, st)
-	w.mu.Unlock()
-	select {
-	case w.signal <- struct{}{}:
-	default:
-	}
-}
-
-func (w *watcher) drain() []wire.SessionStatus {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	q := w.queue
-	w.queue = nil
-	return q
+	return b.watchers.Subscribe(ctx, b.ctx.Done()), nil
 }
 
 // probe is the state of the "endpoint answers" check of one session.

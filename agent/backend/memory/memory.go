@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"streamspace.dev/agent"
+	"streamspace.dev/agent/backend/feed"
 	"streamspace.dev/libs/wire"
 )
 
@@ -44,7 +45,7 @@ type Backend struct {
 	removed     []wire.SessionID
 	failApply   map[wire.SessionID]*injected
 	failStart   map[wire.SessionID]string
-	watchers    map[*watcher]struct{}
+	watchers    feed.Feed
 	timers      map[*time.Timer]struct{}
 	closed      bool
 	unavailable error
@@ -75,7 +76,6 @@ func New(cfg Config) *Backend {
 		applyCalls: map[wire.SessionID]int{},
 		failApply:  map[wire.SessionID]*injected{},
 		failStart:  map[wire.SessionID]string{},
-		watchers:   map[*watcher]struct{}{},
 		timers:     map[*time.Timer]struct{}{},
 	}
 }
@@ -284,9 +284,7 @@ func (b *Backend) emitLocked(s *session, phase wire.Phase, reason string) {
 	if phase == wire.PhaseRunning {
 		s.status.Endpoint = &wire.Endpoint{Host: string(s.status.SessionID) + ".memory.invalid", Port: 5900, Protocol: "vnc"}
 	}
-	for w := range b.watchers {
-		w.push(s.status)
-	}
+	b.watchers.Publish(s.status)
 }
 
 // Remove implements agent.Backend.
@@ -347,62 +345,11 @@ func (b *Backend) Info(context.Context) (agent.Info, error) {
 
 // Watch implements agent.Backend.
 func (b *Backend) Watch(ctx context.Context) (<-chan wire.SessionStatus, error) {
-	w := &watcher{signal: make(chan struct{}, 1)}
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.unavailable != nil {
-		b.mu.Unlock()
 		return nil, b.unavailable
 	}
-	b.watchers[w] = struct{}{}
-	b.mu.Unlock()
-	out := make(chan wire.SessionStatus)
-	go func() {
-		defer close(out)
-		defer func() {
-			b.mu.Lock()
-			delete(b.watchers, w)
-			b.mu.Unlock()
-		}()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-w.signal:
-			}
-			for _, st := range w.drain() {
-				select {
-				case out <- st:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}
-	}()
-	return out, nil
-}
-
-// watcher queues statuses without bound, so emitting under the backend's lock never
-// blocks on a slow consumer.
-type watcher struct {
-	mu     sync.Mutex
-	queue  []wire.SessionStatus
-	signal chan struct{}
-}
-
-func (w *watcher) push(st wire.SessionStatus) {
-	w.mu.Lock()
-	w.queue = append(w.queue, st)
-	w.mu.Unlock()
-	select {
-	case w.signal <- struct{}{}:
-	default:
-	}
-}
-
-func (w *watcher) drain() []wire.SessionStatus {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	q := w.queue
-	w.queue = nil
-	return q
+	// Subscribing under the lock: no status published after this call is missed.
+	return b.watchers.Subscribe(ctx, nil), nil
 }
