@@ -5,14 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"streamspace.dev/agent"
 	"streamspace.dev/agent/backend/memory"
@@ -20,14 +17,10 @@ import (
 	"streamspace.dev/agent/enroll"
 	"streamspace.dev/agent/reconcile"
 	"streamspace.dev/agent/tunnel"
-	"streamspace.dev/libs/auth"
-	"streamspace.dev/libs/server"
 	"streamspace.dev/libs/wire"
 	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/identity"
 	"streamspace.dev/services/sessions"
-	"streamspace.dev/services/streamspace"
-	"streamspace.dev/tenants/tenantstest"
 )
 
 // BenchmarkCreateToAgent measures how long a new session takes to reach its agent: from
@@ -41,7 +34,8 @@ import (
 // is latency, not queueing. It reports p50 and p99 in milliseconds; the goal of the
 // sessions issue is p99 ≤ 25 ms.
 func BenchmarkCreateToAgent(b *testing.B) {
-	p, gw := benchPlane(b)
+	p := startPlane(b)
+	gw := p.Gateway
 	var signup identity.SignupResult
 	p.call("POST", "/api/v1/signup", "", identity.Signup{TenantName: "Hooli", Slug: "hooli", Email: "g@hooli.test", Password: "a long enough passphrase"}, nil, &signup, 201)
 	admin := signup.Tokens.AccessToken
@@ -72,61 +66,6 @@ func BenchmarkCreateToAgent(b *testing.B) {
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
 	b.ReportMetric(ms(lat[len(lat)*99/100]), "p99-ms")
-}
-
-// benchPlane runs the all-in-one control plane, as startPlane does, for a benchmark, and
-// returns it with its agent gateway.
-func benchPlane(b *testing.B) (*plane, *gateway.Module) {
-	env := tenantstest.New(b)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	gwReady := make(chan *gateway.Module, 1)
-	go func() {
-		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
-			LogLevel: "error", ShutdownTimeout: 5 * time.Second, MaxConns: 20, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
-			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
-				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
-			}},
-			func(d server.Deps) ([]server.Module, error) {
-				mods, err := streamspace.Modules(d, identity.Config{KEK: testKEK})
-				for _, m := range mods {
-					if g, ok := m.(*gateway.Module); ok {
-						gwReady <- g
-					}
-				}
-				return mods, err
-			})
-	}()
-	b.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Errorf("server: %v", err)
-		}
-	})
-	var gw *gateway.Module
-	select {
-	case gw = <-gwReady:
-	case err := <-done:
-		b.Fatalf("server stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		b.Fatal("no gateway")
-	}
-	p := &plane{t: b, Env: env, Base: "http://" + ln.Addr().String()}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(p.Base + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, gw
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("the control plane never became ready")
-		}
-	}
 }
 
 // applied records when the backend was first asked to run each session.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/server"
+	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/identity"
 	"streamspace.dev/services/streamspace"
 	"streamspace.dev/tenants/tenantstest"
@@ -23,14 +25,15 @@ import (
 // plane is the all-in-one control plane running on a real socket and a fresh real
 // database for one test; the flow tests drive it only through its HTTP API.
 type plane struct {
-	t    testing.TB
-	Env  *tenantstest.Env
-	Base string
+	t       testing.TB
+	Env     *tenantstest.Env
+	Base    string
+	Gateway *gateway.Module
 }
 
 // startPlane runs every service in-process, as `streamspace serve --migrate` does, and
-// waits until /readyz answers. It stops when the test ends.
-func startPlane(t *testing.T) *plane {
+// waits until /readyz answers. It stops when the test or benchmark ends.
+func startPlane(t testing.TB) *plane {
 	t.Helper()
 	env := tenantstest.New(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -39,14 +42,21 @@ func startPlane(t *testing.T) *plane {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	var gw atomic.Pointer[gateway.Module]
 	go func() {
 		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
-			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 8, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
+			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 20, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
 			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
 				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 			}},
 			func(d server.Deps) ([]server.Module, error) {
-				return streamspace.Modules(d, identity.Config{KEK: testKEK})
+				mods, err := streamspace.Modules(d, identity.Config{KEK: testKEK})
+				for _, m := range mods {
+					if g, ok := m.(*gateway.Module); ok {
+						gw.Store(g)
+					}
+				}
+				return mods, err
 			})
 	}()
 	t.Cleanup(func() {
@@ -67,6 +77,7 @@ func startPlane(t *testing.T) *plane {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				p.Gateway = gw.Load()
 				return p
 			}
 		}

@@ -4,22 +4,15 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"streamspace.dev/agent/daemon"
-	"streamspace.dev/libs/auth"
-	"streamspace.dev/libs/server"
 	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/identity"
 	"streamspace.dev/services/sessions"
-	"streamspace.dev/services/streamspace"
-	"streamspace.dev/tenants/tenantstest"
 )
 
 // TestSessionReachesRunningOnAnEnrolledAgent is the "done when": through the
@@ -27,56 +20,8 @@ import (
 // (the real agent daemon, in-process backend) enrolled with a token from the API, over
 // the real QUIC tunnel; then hibernates, wakes on the same agent, stops and is deleted.
 func TestSessionReachesRunningOnAnEnrolledAgent(t *testing.T) {
-	env := tenantstest.New(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	gwReady := make(chan *gateway.Module, 1)
-	go func() {
-		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
-			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 16, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
-			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
-				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
-			}},
-			func(d server.Deps) ([]server.Module, error) {
-				mods, err := streamspace.Modules(d, identity.Config{KEK: testKEK})
-				for _, m := range mods {
-					if g, ok := m.(*gateway.Module); ok {
-						gwReady <- g
-					}
-				}
-				return mods, err
-			})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	var gw *gateway.Module
-	select {
-	case gw = <-gwReady:
-	case err := <-done:
-		t.Fatalf("server stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("no gateway")
-	}
-	p := &plane{t: t, Env: env, Base: "http://" + ln.Addr().String()}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get(p.Base + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the control plane never became ready")
-		}
-	}
+	p := startPlane(t)
+	gw := p.Gateway
 
 	var signup identity.SignupResult
 	p.call("POST", "/api/v1/signup", "", identity.Signup{TenantName: "Hooli", Slug: "hooli", Email: "g@hooli.test", Password: "a long enough passphrase"}, nil, &signup, 201)
