@@ -61,9 +61,13 @@ func TestAPIServerRestart(t *testing.T) {
 	setWaiting(t, ns, sessionPod(t, ns, s1).Name, "ImagePullBackOff", "back-off pulling image", 0)
 	waitPhase(t, b, s1, wire.PhaseFailed, "ImagePullBackOff")
 	t.Logf("pod status seen %v after the apiserver was back", time.Since(t0).Round(time.Millisecond))
-	if ph := w.phases(s1); !slices.Contains(ph, wire.PhaseFailed) {
-		t.Errorf("watch saw %v", ph)
-	}
+	// The Watch channel is delivered by its own goroutine: wait for it, but it must come.
+	eventually(t, 30*time.Second, "the watch to deliver wire.PhaseFailed", func() error {
+		if ph := w.phases(s1); !slices.Contains(ph, wire.PhaseFailed) {
+			return fmt.Errorf("watch saw %v", ph)
+		}
+		return nil
+	})
 	t0 = time.Now()
 	eventually(t, 60*time.Second, "apply after restart", func() error {
 		if errs := b.Apply(ctx, []wire.Assignment{{SessionID: s2, TenantID: testTenant, Generation: 2, Desired: wire.DesiredHibernated}}); errs != nil {
@@ -73,9 +77,13 @@ func TestAPIServerRestart(t *testing.T) {
 	})
 	waitPhase(t, b, s2, wire.PhaseHibernated, "")
 	t.Logf("hibernation seen %v after the apiserver was back", time.Since(t0).Round(time.Millisecond))
-	if ph := w.phases(s2); !slices.Contains(ph, wire.PhaseHibernated) {
-		t.Errorf("watch saw %v", ph)
-	}
+	// The Watch channel is delivered by its own goroutine: wait for it, but it must come.
+	eventually(t, 30*time.Second, "the watch to deliver wire.PhaseHibernated", func() error {
+		if ph := w.phases(s2); !slices.Contains(ph, wire.PhaseHibernated) {
+			return fmt.Errorf("watch saw %v", ph)
+		}
+		return nil
+	})
 	// Changes made by others are seen too: the Deployment watch is live again.
 	name := "ss-" + dashed(s1)
 	if err := c.AppsV1().Deployments(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
