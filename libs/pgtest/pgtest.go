@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -181,12 +182,13 @@ func NewDatabase(t testing.TB, tmpl Template) string {
 	if err != nil {
 		t.Fatalf("pgtest: building template %q: %v", tmpl.Name, err)
 	}
-	name := "sstest_" + randomHex(8)
+	name := scratchName("sstest_")
 	conn, err := pgx.Connect(ctx, admin)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
 	defer conn.Close(ctx)
+	sweepOnce.Do(func() { sweep(ctx, conn, time.Now()) })
 	clone := func() error {
 		_, err := conn.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s",
 			pgx.Identifier{name}.Sanitize(), pgx.Identifier{tmplName}.Sanitize()))
@@ -269,7 +271,7 @@ func ensureTemplate(ctx context.Context, admin string, tmpl Template) (string, e
 		return "", err
 	}
 	if !exists {
-		building := "sstmpl_building_" + randomHex(6)
+		building := scratchName("sstmpl_building_")
 		if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{building}.Sanitize()); err != nil {
 			return "", err
 		}
@@ -301,6 +303,60 @@ func ensureTemplate(ctx context.Context, admin string, tmpl Template) (string, e
 	}
 	templates[name] = true
 	return name, nil
+}
+
+// sweepAge is how old a scratch database must be before a later test process drops it as
+// left behind by a crashed or killed run: well beyond any test binary's timeout, so a
+// database still in use is never a candidate (and DROP without FORCE spares one that has
+// connections anyway).
+const sweepAge = 3 * time.Hour
+
+var sweepOnce sync.Once
+
+// scratchName returns a database name that carries its creation time, prefix +
+// unix seconds in hex + random, so that sweep can tell its age from the name alone
+// (PostgreSQL records no creation time for a database).
+func scratchName(prefix string) string {
+	return fmt.Sprintf("%s%x_%s", prefix, time.Now().Unix(), randomHex(6))
+}
+
+// sweep drops the scratch databases (test clones, half-built templates) that test runs
+// which never reached their cleanup left on the server, once per process. Best effort:
+// a failure only leaves them for the next run.
+func sweep(ctx context.Context, conn *pgx.Conn, now time.Time) {
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database
+		WHERE datname LIKE 'sstest\_%' OR datname LIKE 'sstmpl\_building\_%'`)
+	if err != nil {
+		return
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		if born, ok := scratchBorn(n); ok && now.Sub(born) > sweepAge {
+			_, _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{n}.Sanitize())
+		}
+	}
+}
+
+// scratchBorn reads the creation time scratchName put in name; ok is false for names
+// of another shape (older runs' names carry no time and are left alone).
+func scratchBorn(name string) (time.Time, bool) {
+	for _, p := range []string{"sstest_", "sstmpl_building_"} {
+		if rest, ok := strings.CutPrefix(name, p); ok {
+			hexTime, _, ok := strings.Cut(rest, "_")
+			if !ok {
+				return time.Time{}, false
+			}
+			sec, err := strconv.ParseInt(hexTime, 16, 64)
+			if err != nil {
+				return time.Time{}, false
+			}
+			return time.Unix(sec, 0), true
+		}
+	}
+	return time.Time{}, false
 }
 
 // WithDatabase returns the URL u with its database replaced by db.
