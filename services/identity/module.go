@@ -40,6 +40,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	config.Duration(fs, &c.KeyRotation, "key-rotation", "STREAMSPACE_KEY_ROTATION", DefaultKeyRotation, "signing-key rotation period; 0 rotates only on demand")
 	config.Duration(fs, &c.KeyPublishDelay, "key-publish-delay", "STREAMSPACE_KEY_PUBLISH_DELAY", DefaultKeyPublishDelay, "how long a scheduled new key is in the JWKS before it signs")
 	config.Duration(fs, &c.AccessTTL, "access-token-ttl", "STREAMSPACE_ACCESS_TOKEN_TTL", DefaultAccessTTL, "access-token lifetime")
+	config.Int(fs, &c.Throttle.SignupsPerHour, "signups-per-hour", "STREAMSPACE_SIGNUPS_PER_HOUR", DefaultSignupsPerHour, "sign-ups one client address may attempt per hour")
 	config.Duration(fs, &c.RefreshTTL, "refresh-token-ttl", "STREAMSPACE_REFRESH_TOKEN_TTL", DefaultRefreshTTL, "refresh-token lifetime (each use starts it anew)")
 }
 

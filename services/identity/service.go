@@ -25,16 +25,19 @@ import (
 
 // Defaults of the service's settings.
 const (
-	DefaultAccessTTL       = 10 * time.Minute
-	DefaultRefreshTTL      = 30 * 24 * time.Hour
-	DefaultEnrollmentTTL   = 24 * time.Hour
-	MaxEnrollmentTTL       = 30 * 24 * time.Hour
-	MaxAPITokenTTL         = 366 * 24 * time.Hour
-	DefaultAccountLockout  = 5
-	DefaultAddressLockout  = 50
-	DefaultLockoutBase     = 30 * time.Second
-	DefaultLockoutMax      = time.Hour
-	DefaultFailureWindow   = 15 * time.Minute
+	DefaultAccessTTL      = 10 * time.Minute
+	DefaultRefreshTTL     = 30 * 24 * time.Hour
+	DefaultEnrollmentTTL  = 24 * time.Hour
+	MaxEnrollmentTTL      = 30 * 24 * time.Hour
+	MaxAPITokenTTL        = 366 * 24 * time.Hour
+	DefaultAccountLockout = 5
+	DefaultAddressLockout = 50
+	DefaultLockoutBase    = 30 * time.Second
+	DefaultLockoutMax     = time.Hour
+	DefaultFailureWindow  = 15 * time.Minute
+	// DefaultSignupsPerHour bounds the tenants one client address may create in an hour:
+	// every sign-up provisions a schema, the costliest thing an anonymous caller can ask.
+	DefaultSignupsPerHour  = 20
 	DefaultKeyRotation     = 7 * 24 * time.Hour
 	DefaultKeyPublishDelay = 10 * time.Minute
 )
@@ -59,6 +62,10 @@ type Throttle struct {
 	Base             time.Duration
 	Max              time.Duration
 	Window           time.Duration
+	// SignupsPerHour is how many sign-ups one client address may attempt in an hour
+	// before it is refused for the rest of it (doubling on each further attempt, up to a
+	// day).
+	SignupsPerHour int
 }
 
 // Options configure the service.
@@ -113,6 +120,9 @@ func NewService(store Store, tm Tenants, keys *Keys, opts Options) Service {
 	}
 	if t.Window <= 0 {
 		t.Window = DefaultFailureWindow
+	}
+	if t.SignupsPerHour <= 0 {
+		t.SignupsPerHour = DefaultSignupsPerHour
 	}
 	if opts.Forget == nil {
 		opts.Forget = func(tenant.ID) {}
@@ -223,6 +233,9 @@ func (s *service) Signup(ctx context.Context, req Signup) (SignupResult, error) 
 	if err := CheckPassword(req.Password, email); err != nil {
 		return SignupResult{}, err
 	}
+	if err := s.chargeSignup(ctx); err != nil {
+		return SignupResult{}, err
+	}
 	// Hash before the tenant exists: the slow step should not widen the window in which
 	// a half-made tenant is visible.
 	hash, err := HashPassword(req.Password)
@@ -260,6 +273,25 @@ func (s *service) finishSignup(ctx context.Context, t tenants.Tenant, email, has
 	}
 	s.audit(ctx, string(owner.ID), "tenant.signup", string(t.ID), true, map[string]any{"slug": t.Slug, "email": email})
 	return SignupResult{Tenant: t, Owner: owner, Tokens: tokens}, nil
+}
+
+// chargeSignup counts a well-formed sign-up against its client address, refusing it while
+// the address is over its hourly allowance. It is charged before the tenant exists, so
+// a flood of attempts on taken slugs costs its sender as much as successes would.
+func (s *service) chargeSignup(ctx context.Context) error {
+	key := "signup:" + clientIP(ctx)
+	until, err := s.store.Throttled(ctx, key)
+	if err != nil {
+		return fmt.Errorf("checking sign-up throttle: %w", err)
+	}
+	if !until.IsZero() {
+		return &apperr.Error{Code: apperr.RateLimited, Message: "too many sign-ups from this address; try again later",
+			RetryAfter: max(until.Sub(s.now()), time.Second)}
+	}
+	if err := s.store.RecordFailure(ctx, key, s.opts.Throttle.SignupsPerHour, time.Hour, 24*time.Hour, time.Hour); err != nil {
+		return fmt.Errorf("recording sign-up: %w", err)
+	}
+	return nil
 }
 
 // throttleKeys names the counters a sign-in attempt is charged to.
