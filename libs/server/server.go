@@ -30,6 +30,7 @@ import (
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/clientaddr"
 	"streamspace.dev/libs/config"
 	"streamspace.dev/libs/run"
 	"streamspace.dev/libs/telemetry"
@@ -56,6 +57,15 @@ type Config struct {
 	// JWKSURL, when set, is where the Verifier in Deps fetches identity's keys. The
 	// all-in-one binary leaves it empty and verifies with identity's keys in-process.
 	JWKSURL string
+	// TrustedProxies lists the networks (comma-separated CIDRs or addresses) of the load
+	// balancers whose X-Forwarded-For names the client; see libs/clientaddr.
+	TrustedProxies string
+}
+
+// Proxies returns TrustedProxies parsed; Validate has refused a malformed list.
+func (c Config) Proxies() clientaddr.Proxies {
+	ps, _ := clientaddr.Parse(c.TrustedProxies)
+	return ps
 }
 
 // Register defines the common flags on fs.
@@ -68,6 +78,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	config.Int(fs, &c.MaxConns, "db-max-conns", "STREAMSPACE_DB_MAX_CONNS", 20, "PostgreSQL pool size")
 	config.String(fs, &c.Issuer, "issuer", "STREAMSPACE_ISSUER", DefaultIssuer, "iss of access tokens: identity's public base URL")
 	config.String(fs, &c.Audience, "audience", "STREAMSPACE_AUDIENCE", auth.DefaultAudience, "aud of access tokens")
+	config.String(fs, &c.TrustedProxies, "trusted-proxies", "STREAMSPACE_TRUSTED_PROXIES", "", "comma-separated networks of proxies whose X-Forwarded-For names the client (throttles and audit use it); empty trusts none")
 	config.String(fs, &c.JWKSURL, "jwks-url", "STREAMSPACE_JWKS_URL", "", "URL of identity's JWKS (e.g. http://identity:8080"+auth.JWKSPath+"); empty in the all-in-one binary")
 }
 
@@ -93,6 +104,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConns < 1 {
 		errs = append(errs, errors.New("--db-max-conns must be at least 1"))
+	}
+	if _, err := clientaddr.Parse(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("--trusted-proxies: %w", err))
 	}
 	if c.JWKSURL != "" {
 		if _, err := auth.NewJWKSSource(c.JWKSURL); err != nil {

@@ -43,6 +43,12 @@ type harness struct {
 
 func newHarness(t testing.TB, mutate ...func(*identity.Config)) *harness {
 	t.Helper()
+	return newHarnessBehind(t, "", mutate...)
+}
+
+// newHarnessBehind is newHarness with identity trusting X-Forwarded-For from proxies.
+func newHarnessBehind(t testing.TB, proxies string, mutate ...func(*identity.Config)) *harness {
+	t.Helper()
 	env := tenantstest.New(t)
 	cfg := identity.Config{KEK: testKEK, OperatorEmail: operatorEmail, OperatorPassword: operatorPass,
 		Throttle: identity.Throttle{AddressThreshold: 10000}}
@@ -50,7 +56,7 @@ func newHarness(t testing.TB, mutate ...func(*identity.Config)) *harness {
 		f(&cfg)
 	}
 	deps := server.Deps{DB: env.DB, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),
-		Config: server.Config{Issuer: testIssuer, Audience: auth.DefaultAudience}}
+		Config: server.Config{Issuer: testIssuer, Audience: auth.DefaultAudience, TrustedProxies: proxies}}
 	m, err := identity.New(deps, cfg, postgres.New(env.DB))
 	if err != nil {
 		t.Fatal(err)

@@ -113,7 +113,7 @@ func New(d server.Deps, cfg Config, store Store) (*Module, error) {
 		AccessTTL: cfg.AccessTTL, RefreshTTL: cfg.RefreshTTL, Throttle: cfg.Throttle, Logger: d.Logger, Forget: d.DB.Forget})
 	eps := MakeEndpoints(svc, Logging(d.Logger), Metrics(d.Registry))
 	runCtx, stop := context.WithCancel(context.Background())
-	m := &Module{svc: svc, keys: keys, verifier: v, routes: Routes(eps, v, d.Logger), stop: stop, done: make(chan struct{})}
+	m := &Module{svc: svc, keys: keys, verifier: v, routes: Routes(eps, v, d.Config.Proxies(), d.Logger), stop: stop, done: make(chan struct{})}
 	go func() { defer close(m.done); keys.Run(runCtx) }()
 	return m, nil
 }

@@ -1,12 +1,14 @@
 package identity_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -455,4 +457,37 @@ func TestSignupFlood(t *testing.T) {
 	}
 	// Malformed sign-ups are refused before they are charged.
 	h.must(400, h.do("POST", "/api/v1/signup", "", identity.Signup{Slug: "Bad Slug!"}))
+}
+
+// TestSignupThrottleBehindProxy: behind a trusted proxy each forwarded client has its own
+// allowance; a caller that is not a trusted proxy cannot pick its address with
+// X-Forwarded-For.
+func TestSignupThrottleBehindProxy(t *testing.T) {
+	t.Parallel()
+	signupFrom := func(h *harness, slug, xff string) int {
+		body, _ := json.Marshal(identity.Signup{TenantName: slug, Slug: slug, Email: "owner@" + slug + ".test", Password: defaultPassword})
+		req, err := http.NewRequest("POST", h.srv.URL+"/api/v1/signup", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Forwarded-For", xff)
+		resp, err := h.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	behind := newHarnessBehind(t, "127.0.0.0/8", func(c *identity.Config) { c.Throttle.SignupsPerHour = 1 })
+	if a, b := signupFrom(behind, "proxied-a", "198.51.100.1"), signupFrom(behind, "proxied-b", "198.51.100.2"); a != 201 || b != 201 {
+		t.Fatalf("two forwarded clients, one sign-up each: %d, %d; want 201, 201", a, b)
+	}
+	if again := signupFrom(behind, "proxied-c", "198.51.100.1"); again != 429 {
+		t.Fatalf("the first forwarded client's second sign-up: %d, want 429", again)
+	}
+	direct := newHarness(t, func(c *identity.Config) { c.Throttle.SignupsPerHour = 1 })
+	if a, b := signupFrom(direct, "direct-a", "198.51.100.1"), signupFrom(direct, "direct-b", "198.51.100.2"); a != 201 || b != 429 {
+		t.Fatalf("untrusted peer rotating X-Forwarded-For: %d, %d; want 201, 429", a, b)
+	}
 }

@@ -3,7 +3,6 @@ package identity
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 
 	"github.com/go-kit/kit/endpoint"
@@ -11,6 +10,7 @@ import (
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/clientaddr"
 	"streamspace.dev/libs/kitx"
 	"streamspace.dev/libs/tenant"
 )
@@ -35,7 +35,11 @@ type Route struct {
 // Routes returns identity's routes over endpoints e. Public routes serve callers without
 // a token (sign-up, sign-in, token grants, the JWKS, enrollment); every other route sits
 // behind auth.Middleware with verifier v.
-func Routes(e Endpoints, v *auth.Verifier, logger *slog.Logger) []Route {
+func Routes(e Endpoints, v *auth.Verifier, proxies clientaddr.Proxies, logger *slog.Logger) []Route {
+	// The caller's address keys the throttles and the audit log.
+	remoteAddr := func(ctx context.Context, r *http.Request) context.Context {
+		return WithClientIP(ctx, proxies.Of(r))
+	}
 	opts := append(kitx.ServerOptions(logger), kithttp.ServerBefore(remoteAddr))
 	json := func(ep endpoint.Endpoint, dec kithttp.DecodeRequestFunc, status int) http.Handler {
 		return kithttp.NewServer(ep, dec, kitx.EncodeJSON(status), opts...)
@@ -79,17 +83,6 @@ func Routes(e Endpoints, v *auth.Verifier, logger *slog.Logger) []Route {
 
 // Handler returns the route's handler.
 func (r Route) Handler() http.Handler { return r.handler }
-
-// remoteAddr records the caller's address for throttling and the audit log. It is the
-// TCP peer: trusting X-Forwarded-For needs a configured list of proxies, which the edge
-// does not yet provide.
-func remoteAddr(ctx context.Context, r *http.Request) context.Context {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	return WithClientIP(ctx, host)
-}
 
 func decodeEmpty(context.Context, *http.Request) (any, error) { return Empty{}, nil }
 
