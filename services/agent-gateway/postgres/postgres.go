@@ -346,44 +346,242 @@ func scanAssignment(row pgx.Row) (gateway.Assignment, error) {
 
 // Assign implements gateway.Store.
 func (s *Store) Assign(ctx context.Context, in gateway.AssignmentInput, traceParent string) (gateway.Assignment, error) {
-	var out gateway.Assignment
-	spec := []byte(in.Spec)
-	if len(spec) == 0 {
-		spec = []byte("{}")
+	res, err := s.AssignMany(ctx, []gateway.AssignmentInput{in}, traceParent)
+	if err != nil {
+		return gateway.Assignment{}, err
 	}
-	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		// An identical write changes nothing, so retries by the caller never bump the
-		// generation (and never make the agent redo work).
-		a, err := scanAssignment(tx.QueryRow(ctx, `INSERT INTO session_assignments
-				(session_id, agent_id, generation, desired, spec, trace_parent)
-			VALUES ($1, $2, 1, $3, $4, $5)
-			ON CONFLICT (session_id) DO UPDATE SET generation = session_assignments.generation + 1,
-				desired = EXCLUDED.desired, spec = EXCLUDED.spec, trace_parent = EXCLUDED.trace_parent,
-				ack_error = NULL, updated_at = now()
-			WHERE session_assignments.agent_id = EXCLUDED.agent_id
-			  AND (session_assignments.desired <> EXCLUDED.desired OR session_assignments.spec <> EXCLUDED.spec)
-			RETURNING `+assignmentCols, string(in.SessionID), string(in.AgentID), string(in.Desired), string(spec), traceParent))
-		switch {
-		case pgCode(err) == "23503":
-			return apperr.New(apperr.NotFound, "no such agent")
-		case errors.Is(err, pgx.ErrNoRows):
-			cur, err := scanAssignment(tx.QueryRow(ctx, `SELECT `+assignmentCols+` FROM session_assignments WHERE session_id = $1`, string(in.SessionID)))
+	return res[0].Assignment, res[0].Err
+}
+
+// upsertAssignments writes the batch's assignments; $1..$4 are the inputs' sessions,
+// agents, desired states and specs, $5 the trace context, $6 the sessions allowed to move.
+// An identical write changes nothing, so retries by the caller never bump the generation
+// (and never make the agent redo work). A session new to the outbox starts above every
+// retirement it left behind, so that an agent it comes back to, which applied that
+// retirement, does not take the new generation for an old one.
+const upsertAssignments = `INSERT INTO session_assignments AS a (session_id, agent_id, generation, desired, spec, trace_parent)
+	SELECT i.s, i.ag, COALESCE((SELECT max(r.generation) FROM session_retirements r WHERE r.session_id = i.s), 0) + 1,
+		i.d, i.sp::jsonb, $5
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS i(s, ag, d, sp)
+	ON CONFLICT (session_id) DO UPDATE SET generation = a.generation + 1, agent_id = EXCLUDED.agent_id,
+		acked_generation = CASE WHEN a.agent_id = EXCLUDED.agent_id THEN a.acked_generation ELSE 0 END,
+		desired = EXCLUDED.desired, spec = EXCLUDED.spec, trace_parent = EXCLUDED.trace_parent,
+		ack_error = NULL, updated_at = now()
+	WHERE (a.agent_id = EXCLUDED.agent_id AND (a.desired <> EXCLUDED.desired OR a.spec <> EXCLUDED.spec))
+	   OR (a.agent_id <> EXCLUDED.agent_id AND a.session_id = ANY ($6::text[]))
+	RETURNING ` + assignmentCols
+
+// retire writes retirements: $1 sessions, $2 the agents they left, $3 the generation of
+// each (the one the session moved at, above anything the agent applied), $4 the trace
+// context. An older retirement of the same pair, long acknowledged, is reused.
+const retire = `INSERT INTO session_retirements AS r (session_id, agent_id, generation, trace_parent)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS m(s, ag, g), (SELECT $4::text) AS t
+	ON CONFLICT (session_id, agent_id) DO UPDATE SET generation = GREATEST(r.generation, EXCLUDED.generation),
+		trace_parent = EXCLUDED.trace_parent, ack_error = NULL, updated_at = now()`
+
+// AssignMany implements gateway.Store. It locks the batch's assignment rows and agents
+// first, so that it knows which agent each moved session leaves (that agent gets a
+// retirement) and which agents exist; a row another transaction inserts meanwhile is
+// caught by the upsert's own condition and reported as the conflict it is. Everything
+// goes to the server in three pipelined round trips, whatever the batch's size, and each
+// agent whose work changed is announced once.
+func (s *Store) AssignMany(ctx context.Context, ins []gateway.AssignmentInput, traceParent string) ([]gateway.AssignResult, error) {
+	out := make([]gateway.AssignResult, len(ins))
+	if len(ins) == 0 {
+		return out, nil
+	}
+	sids := make([]string, len(ins))
+	var agents []string
+	seen := map[gateway.AgentID]bool{}
+	for i, in := range ins {
+		sids[i] = string(in.SessionID)
+		if !seen[in.AgentID] {
+			seen[in.AgentID] = true
+			agents = append(agents, string(in.AgentID))
+		}
+	}
+	var err error
+	for range 3 {
+		if err = s.assignMany(ctx, ins, sids, agents, traceParent, out); !errors.Is(err, errRaced) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// errRaced rolls back a batch that met a session inserted concurrently for another agent
+// while it was to move it.
+var errRaced = errors.New("a session to move was assigned concurrently")
+
+// assignMany is one attempt of AssignMany, filling out.
+func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, sids, agents []string, traceParent string,
+	out []gateway.AssignResult) error {
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		clear(out)
+		// Round trip 1: lock what exists.
+		b := &pgx.Batch{}
+		b.Queue(`SELECT session_id, agent_id FROM session_assignments WHERE session_id = ANY ($1) ORDER BY session_id FOR UPDATE`, sids)
+		// KEY SHARE keeps the agents from being deleted before the rows naming them commit.
+		b.Queue(`SELECT id FROM agents WHERE id = ANY ($1) ORDER BY id FOR KEY SHARE`, agents)
+		br := tx.SendBatch(ctx, b)
+		was := map[string]string{} // session -> the agent it is assigned to
+		var sid, aid string
+		rows, _ := br.Query()
+		if _, err := pgx.ForEachRow(rows, []any{&sid, &aid}, func() error { was[sid] = aid; return nil }); err != nil {
+			br.Close()
+			return err
+		}
+		known := map[string]bool{}
+		rows, _ = br.Query()
+		if _, err := pgx.ForEachRow(rows, []any{&aid}, func() error { known[aid] = true; return nil }); err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+
+		// Round trip 2: the upsert, and the retirements of the sessions that moved.
+		var us, ua, ud, usp, moves []string
+		for i, in := range ins {
+			old, assigned := was[string(in.SessionID)]
+			switch {
+			case !known[string(in.AgentID)]:
+				out[i].Err = apperr.New(apperr.NotFound, "no such agent")
+				continue
+			case assigned && old != string(in.AgentID) && !in.Move:
+				out[i].Err = apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
+				continue
+			case assigned && old != string(in.AgentID):
+				moves = append(moves, string(in.SessionID))
+			}
+			spec := string(in.Spec)
+			if spec == "" {
+				spec = "{}"
+			}
+			us, ua, ud, usp = append(us, string(in.SessionID)), append(ua, string(in.AgentID)), append(ud, string(in.Desired)), append(usp, spec)
+		}
+		if len(us) == 0 {
+			return nil
+		}
+		rows, err := tx.Query(ctx, upsertAssignments, us, ua, ud, usp, traceParent, moves)
+		if err != nil {
+			return err
+		}
+		written, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
+		if err != nil {
+			return err
+		}
+		got := make(map[gateway.SessionID]gateway.Assignment, len(written))
+		notify := map[string]bool{}
+		var rs, ra []string
+		var rg []int64
+		var fresh, freshAgent []string
+		for _, a := range written {
+			got[a.SessionID] = a
+			notify[string(a.AgentID)] = true
+			old, assigned := was[string(a.SessionID)]
+			if assigned && old != string(a.AgentID) {
+				rs, ra, rg = append(rs, string(a.SessionID)), append(ra, old), append(rg, a.Generation)
+				notify[old] = true
+			}
+			if !assigned || old != string(a.AgentID) {
+				fresh, freshAgent = append(fresh, string(a.SessionID)), append(freshAgent, string(a.AgentID))
+			}
+		}
+		channels := make([]string, 0, len(notify))
+		for a := range notify {
+			channels = append(channels, gateway.AgentChannel(gateway.AgentID(a)))
+		}
+		var unchanged []string
+		for i, in := range ins {
+			if out[i].Err == nil {
+				if _, ok := got[in.SessionID]; !ok {
+					unchanged = append(unchanged, string(in.SessionID))
+				}
+			}
+		}
+
+		// Round trip 3: retirements, the announcements and the rows left as they were.
+		b = &pgx.Batch{}
+		if len(rs) > 0 {
+			b.Queue(retire, rs, ra, rg, traceParent)
+		}
+		if len(fresh) > 0 {
+			// A session arriving at an agent supersedes what is left of its retirement there.
+			b.Queue(`DELETE FROM session_retirements r USING unnest($1::text[], $2::text[]) AS f(s, ag)
+				WHERE r.session_id = f.s AND r.agent_id = f.ag`, fresh, freshAgent)
+		}
+		if len(channels) > 0 {
+			b.Queue(`SELECT pg_notify(c, $2) FROM unnest($1::text[]) AS c`, channels, gateway.NotifyWork)
+		}
+		if len(unchanged) > 0 {
+			b.Queue(`SELECT `+assignmentCols+` FROM session_assignments WHERE session_id = ANY ($1)`, unchanged)
+		}
+		br = tx.SendBatch(ctx, b)
+		defer br.Close()
+		for range b.Len() - min(len(unchanged), 1) {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		if len(unchanged) > 0 {
+			rows, _ := br.Query()
+			cur, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
 			if err != nil {
 				return err
 			}
-			if cur.AgentID != in.AgentID {
-				return apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
+			for _, a := range cur {
+				got[a.SessionID] = a
 			}
-			out = cur
-			return nil
-		case err != nil:
+		}
+		for i, in := range ins {
+			if out[i].Err != nil {
+				continue
+			}
+			a, ok := got[in.SessionID]
+			switch {
+			case !ok:
+				return fmt.Errorf("assignment of session %s vanished", in.SessionID) // held locked; cannot happen
+			case a.AgentID != in.AgentID && in.Move:
+				// Inserted by another transaction after the lock was taken, so its agent
+				// was not known to retire: start over, now that the row exists to lock.
+				return errRaced
+			case a.AgentID != in.AgentID:
+				out[i].Err = apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
+			default:
+				out[i].Assignment = a
+			}
+		}
+		return br.Close()
+	})
+}
+
+// Unassign implements gateway.Store.
+func (s *Store) Unassign(ctx context.Context, id gateway.SessionID, traceParent string) error {
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		var agent string
+		var gen, acked int64
+		var desired string
+		err := tx.QueryRow(ctx, `DELETE FROM session_assignments WHERE session_id = $1
+			RETURNING agent_id, generation, acked_generation, desired`, string(id)).Scan(&agent, &gen, &acked, &desired)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // nothing assigned: already done
+		}
+		if err != nil {
 			return err
 		}
-		out = a
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, gateway.AgentChannel(in.AgentID), gateway.NotifyWork)
-		return err
+		if desired == string(wire.DesiredDeleted) && acked >= gen {
+			return nil // the agent already removed it
+		}
+		b := &pgx.Batch{}
+		b.Queue(retire, []string{string(id)}, []string{agent}, []int64{gen + 1}, traceParent)
+		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentChannel(gateway.AgentID(agent)), gateway.NotifyWork)
+		return tx.SendBatch(ctx, b).Close()
 	})
-	return out, err
 }
 
 // Assignment implements gateway.Store.
@@ -397,10 +595,16 @@ func (s *Store) Assignment(ctx context.Context, id gateway.SessionID) (gateway.A
 	return out, err
 }
 
-func (s *Store) assignments(ctx context.Context, where string, id gateway.AgentID) ([]gateway.Assignment, error) {
+// retiredCols selects a retirement as an assignment row: desired deleted, without a spec.
+const retiredCols = `session_id, agent_id, generation, 'deleted', '{}'::jsonb, acked_generation, ack_error, trace_parent, created_at, updated_at`
+
+// assignments reads the agent's assignments matching where and its retirements matching
+// retiredWhere, in order.
+func (s *Store) assignments(ctx context.Context, id gateway.AgentID, where, retiredWhere, order string) ([]gateway.Assignment, error) {
 	out := []gateway.Assignment{}
 	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+assignmentCols+` FROM session_assignments WHERE agent_id = $1 `+where, string(id))
+		rows, err := tx.Query(ctx, `SELECT `+assignmentCols+` FROM session_assignments WHERE agent_id = $1 `+where+`
+			UNION ALL SELECT `+retiredCols+` FROM session_retirements WHERE agent_id = $1 `+retiredWhere+` ORDER BY `+order, string(id))
 		if err != nil {
 			return err
 		}
@@ -410,19 +614,22 @@ func (s *Store) assignments(ctx context.Context, where string, id gateway.AgentI
 	return out, err
 }
 
+// unacked is the condition of a retirement the agent has not yet acknowledged.
+const unacked = `AND generation > acked_generation`
+
 // DesiredSet implements gateway.Store.
 func (s *Store) DesiredSet(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
-	return s.assignments(ctx, `AND NOT (desired = 'deleted' AND acked_generation >= generation) ORDER BY session_id`, id)
+	return s.assignments(ctx, id, `AND NOT (desired = 'deleted' AND acked_generation >= generation)`, unacked, `session_id`)
 }
 
 // AgentAssignments implements gateway.Store.
 func (s *Store) AgentAssignments(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
-	return s.assignments(ctx, `ORDER BY session_id`, id)
+	return s.assignments(ctx, id, ``, unacked, `session_id`)
 }
 
 // Pending implements gateway.Store.
 func (s *Store) Pending(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
-	return s.assignments(ctx, `AND generation > acked_generation ORDER BY updated_at, session_id`, id)
+	return s.assignments(ctx, id, unacked, unacked, `updated_at, session_id`)
 }
 
 // Ack implements gateway.Store.
@@ -442,14 +649,18 @@ func (s *Store) Ack(ctx context.Context, id gateway.AgentID, session gateway.Ses
 	// bug and is clamped, so it can never hide later work.
 	advance := failure == nil || failure.Permanent
 	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE session_assignments SET
-			acked_generation = CASE WHEN $4 THEN GREATEST(acked_generation, LEAST(generation, $3)) ELSE acked_generation END,
-			ack_error = CASE WHEN $3 >= generation OR $5::jsonb IS NOT NULL THEN $5::jsonb ELSE ack_error END
-			WHERE session_id = $1 AND agent_id = $2`, string(session), string(id), gen, advance, failJSON)
-		if err == nil && tag.RowsAffected() == 0 {
-			return apperr.New(apperr.NotFound, "session %s is not assigned to this agent", session)
+		// A session is assigned to an agent or retired from it, never both (an assignment
+		// arriving at an agent deletes the retirement there), so one of these matches.
+		for _, table := range []string{"session_assignments", "session_retirements"} {
+			tag, err := tx.Exec(ctx, `UPDATE `+table+` SET
+				acked_generation = CASE WHEN $4 THEN GREATEST(acked_generation, LEAST(generation, $3)) ELSE acked_generation END,
+				ack_error = CASE WHEN $3 >= generation OR $5::jsonb IS NOT NULL THEN $5::jsonb ELSE ack_error END
+				WHERE session_id = $1 AND agent_id = $2`, string(session), string(id), gen, advance, failJSON)
+			if err != nil || tag.RowsAffected() > 0 {
+				return err
+			}
 		}
-		return err
+		return apperr.New(apperr.NotFound, "session %s is not assigned to this agent", session)
 	})
 }
 
@@ -499,7 +710,10 @@ func (s *Store) ReportStatus(ctx context.Context, id gateway.AgentID, o gateway.
 			}
 			if tag.RowsAffected() == 0 {
 				var assigned bool
-				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM session_assignments WHERE session_id = $1 AND agent_id = $2)`,
+				// A session that left this agent is no longer its to report on, but the
+				// agent has not yet applied the retirement: not a refusal, only stale.
+				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM session_assignments WHERE session_id = $1 AND agent_id = $2)
+						OR EXISTS (SELECT 1 FROM session_retirements WHERE session_id = $1 AND agent_id = $2)`,
 					string(st.SessionID), string(id)).Scan(&assigned); err != nil {
 					return err
 				}
