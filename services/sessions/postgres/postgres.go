@@ -94,9 +94,35 @@ func InsertEvent(ctx context.Context, tx pgx.Tx, e sessions.Event) error {
 // so that a placement costs one round trip, not one per statement.
 func QueueEvent(b *pgx.Batch, e sessions.Event) { b.Queue(insertEvent, eventArgs(e)...) }
 
+// QueueEvents is QueueEvent for many events, in one statement.
+func QueueEvents(b *pgx.Batch, es []sessions.Event) {
+	if len(es) == 0 {
+		return
+	}
+	cols := make([][]string, 7)
+	gens := make([]int64, len(es))
+	for i, e := range es {
+		for j, v := range []string{string(e.SessionID), e.Kind, string(e.Phase), string(e.Desired), e.Reason, e.Message, e.Actor} {
+			cols[j] = append(cols[j], v)
+		}
+		gens[i] = e.Generation
+	}
+	b.Queue(`INSERT INTO session_events (session_id, kind, phase, desired, generation, reason, message, actor)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])`,
+		cols[0], cols[1], cols[2], cols[3], gens, cols[4], cols[5], cols[6])
+}
+
 // QueueNotifyChange is NotifyChange for a batch.
 func QueueNotifyChange(ctx context.Context, b *pgx.Batch, s sessions.Session) {
-	b.Queue(`SELECT pg_notify($1, $2)`, sessions.ChangeChannel, changePayload(ctx, s))
+	b.Queue(`SELECT pg_notify($1, $2)`, sessions.ChangeChannel, ChangePayload(ctx, s))
+}
+
+// QueueNotifyChanges announces many changes, with payloads from ChangePayload, in one
+// statement.
+func QueueNotifyChanges(b *pgx.Batch, payloads []string) {
+	if len(payloads) > 0 {
+		b.Queue(`SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`, sessions.ChangeChannel, payloads)
+	}
 }
 
 // Audit records a lifecycle action in the tenant's audit log.
@@ -116,11 +142,12 @@ func Audit(ctx context.Context, tx pgx.Tx, actor, action string, id sessions.ID,
 
 // NotifyChange announces a change of s on sessions.ChangeChannel when tx commits.
 func NotifyChange(ctx context.Context, tx pgx.Tx, s sessions.Session) error {
-	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.ChangeChannel, changePayload(ctx, s))
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.ChangeChannel, ChangePayload(ctx, s))
 	return err
 }
 
-func changePayload(ctx context.Context, s sessions.Session) string {
+// ChangePayload is the payload announcing a change of s on sessions.ChangeChannel.
+func ChangePayload(ctx context.Context, s sessions.Session) string {
 	tid, _ := tenant.FromContext(ctx)
 	return string(tid) + ":" + string(s.ID) + ":" + s.Owner
 }
@@ -248,7 +275,7 @@ func notifications(ctx context.Context, s sessions.Session) []queued {
 	tid, _ := tenant.FromContext(ctx)
 	return []queued{
 		{`SELECT pg_notify($1, $2)`, []any{sessions.WorkChannel, string(tid)}},
-		{`SELECT pg_notify($1, $2)`, []any{sessions.ChangeChannel, changePayload(ctx, s)}},
+		{`SELECT pg_notify($1, $2)`, []any{sessions.ChangeChannel, ChangePayload(ctx, s)}},
 	}
 }
 
