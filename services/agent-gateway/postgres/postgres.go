@@ -449,11 +449,11 @@ func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, s
 		for i, in := range ins {
 			old, assigned := was[string(in.SessionID)]
 			switch {
-			case !known[string(in.AgentID)]:
-				out[i].Err = apperr.New(apperr.NotFound, "no such agent")
-				continue
 			case assigned && old != string(in.AgentID) && !in.Move:
 				out[i].Err = apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
+				continue
+			case !known[string(in.AgentID)]:
+				out[i].Err = apperr.New(apperr.NotFound, "no such agent")
 				continue
 			case assigned && old != string(in.AgentID):
 				moves = append(moves, string(in.SessionID))
