@@ -155,6 +155,12 @@ type SessionStatus struct {
 // services (sessions' live view). Like every NOTIFY it is lossy; listeners re-read.
 const StatusChannel = "streamspace_session_status"
 
+// AgentsChannel is the PostgreSQL NOTIFY channel on which the gateway announces a change
+// of what placement sees of an agent (it came online, went offline, its capacity, tags or
+// draining changed), with the tenant id as payload, so that the scheduler places at once.
+// An agent that falls silent is aged by readers, unannounced; they re-read on a timer.
+const AgentsChannel = "streamspace_agents"
+
 // Enrollment is what consuming an enrollment token yields: whom the agent belongs to and
 // what to call it. Identity's token is the only source of these names.
 type Enrollment struct {

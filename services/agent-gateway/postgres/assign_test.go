@@ -376,3 +376,68 @@ func TestAssignManyConcurrentMoves(t *testing.T) {
 		}
 	}
 }
+
+// What placement sees of an agent is announced on AgentsChannel when it changes (Hello,
+// capacity, draining, release), with the tenant as payload, and a heartbeat that changes
+// nothing is not.
+func TestAgentChangesAnnounced(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	a, _ := env.Tenant(t, "alpha")
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	ctx := ctxOf(a.ID)
+	id := newAgents(t, s, ctx, 1)[0]
+	o := gateway.Owner{Gateway: "gw", Conn: "c1"}
+	if err := s.Claim(context.Background(), id, o); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.ConnectConfig(context.Background(), env.Pool.Config().ConnConfig.Copy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), "LISTEN "+pgx.Identifier{gateway.AgentsChannel}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	announced := func() int {
+		n := 0
+		for {
+			wctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			note, err := conn.WaitForNotification(wctx)
+			cancel()
+			if err != nil {
+				return n
+			}
+			if note.Payload != string(a.ID) {
+				t.Fatalf("payload %q, want the tenant %q", note.Payload, a.ID)
+			}
+			n++
+		}
+	}
+	c := gateway.Capacity{CPUAllocatableMillis: 4000, MemoryAllocatableBytes: 8 << 30, MaxSessions: 10}
+	steps := []struct {
+		name string
+		do   func() error
+		want bool
+	}{
+		{"hello", func() error { return s.RecordHello(ctx, id, o, gateway.Hello{Capacity: c}) }, true},
+		{"same beat", func() error { return s.RecordHeartbeat(ctx, id, o, c) }, false},
+		{"usage only", func() error { c.CPUUsedMillis = 100; c.Sessions = 1; return s.RecordHeartbeat(ctx, id, o, c) }, false},
+		{"capacity", func() error { c.CPUAllocatableMillis = 8000; return s.RecordHeartbeat(ctx, id, o, c) }, true},
+		{"drain", func() error { yes := true; _, err := s.UpdateAgent(ctx, id, gateway.AgentPatch{Draining: &yes}); return err }, true},
+		{"rename", func() error { n := "x"; _, err := s.UpdateAgent(ctx, id, gateway.AgentPatch{Name: &n}); return err }, false},
+		{"release", func() error { return s.Release(ctx, id, o) }, true},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if got := announced(); (got > 0) != st.want {
+			t.Fatalf("%s: %d announcements, want any: %v", st.name, got, st.want)
+		}
+	}
+	// A fenced-out connection's beat changes nothing and announces nothing.
+	if err := s.RecordHeartbeat(ctx, id, gateway.Owner{Gateway: "gw", Conn: "stale"}, c); err != gateway.ErrNotOwner {
+		t.Fatalf("stale beat: %v", err)
+	}
+}

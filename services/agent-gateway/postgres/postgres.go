@@ -103,6 +103,12 @@ func currentTenant(ctx context.Context) tenant.ID {
 	return id
 }
 
+// announceAgents queues, in tx, the announcement that the context tenant's agents changed.
+func announceAgents(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, gateway.AgentsChannel, string(currentTenant(ctx)))
+	return err
+}
+
 // CreateAgent implements gateway.Store.
 func (s *Store) CreateAgent(ctx context.Context, a gateway.Agent, tokenID string) error {
 	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
@@ -178,7 +184,13 @@ func (s *Store) UpdateAgent(ctx context.Context, id gateway.AgentID, p gateway.A
 		out, err = scanAgent(tx.QueryRow(ctx, `UPDATE agents SET
 			name = COALESCE($4, name), tags = COALESCE($5, tags), draining = COALESCE($6, draining), updated_at = now()
 			WHERE id = $3 RETURNING `+agentCols, d, o, string(id), p.Name, tags, p.Draining), currentTenant(ctx))
-		return notFound(err, "agent")
+		if err != nil {
+			return notFound(err, "agent")
+		}
+		if p.Tags != nil || p.Draining != nil {
+			return announceAgents(ctx, tx)
+		}
+		return nil
 	})
 	return out, err
 }
@@ -279,9 +291,11 @@ func (s *Store) Release(ctx context.Context, id gateway.AgentID, o gateway.Owner
 		if tag.RowsAffected() == 0 {
 			return gateway.ErrNotOwner
 		}
-		_, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL
-			WHERE agent_id = $1 AND owner_conn = $2`, string(id), o.Conn)
-		return err
+		if _, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL
+			WHERE agent_id = $1 AND owner_conn = $2`, string(id), o.Conn); err != nil {
+			return err
+		}
+		return announceAgents(ctx, tx)
 	})
 }
 
@@ -305,22 +319,42 @@ func (s *Store) RecordHello(ctx context.Context, id gateway.AgentID, o gateway.O
 		if err == nil && tag.RowsAffected() == 0 {
 			return gateway.ErrNotOwner
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return announceAgents(ctx, tx)
 	})
 }
 
 // RecordHeartbeat implements gateway.Store.
 func (s *Store) RecordHeartbeat(ctx context.Context, id gateway.AgentID, o gateway.Owner, c gateway.Capacity) error {
 	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE agents SET
-			cpu_allocatable_millis = $3, cpu_used_millis = $4, memory_allocatable_bytes = $5, memory_used_bytes = $6,
-			sessions = $7, max_sessions = $8, state = 'online', last_seen = now()
-			WHERE id = $1 AND `+fence, string(id), o.Conn,
-			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions)
-		if err == nil && tag.RowsAffected() == 0 {
+		// Placement reads what the agent can host (allocatable, its session limit) and
+		// whether it is online; only a change of those is announced, not every beat. A
+		// beat after a silence long enough to age the agent brings it back online.
+		var changed bool
+		degraded, _ := s.ages()
+		err := tx.QueryRow(ctx, `WITH old AS (
+				SELECT cpu_allocatable_millis, memory_allocatable_bytes, max_sessions, state,
+					last_seen IS NULL OR last_seen <= now() - make_interval(secs => $9) AS aged FROM agents
+				WHERE id = $1 AND `+fence+` FOR UPDATE)
+			UPDATE agents a SET
+				cpu_allocatable_millis = $3, cpu_used_millis = $4, memory_allocatable_bytes = $5, memory_used_bytes = $6,
+				sessions = $7, max_sessions = $8, state = 'online', last_seen = now()
+			FROM old WHERE a.id = $1
+			RETURNING (old.cpu_allocatable_millis, old.memory_allocatable_bytes, old.max_sessions, old.state)
+				IS DISTINCT FROM ($3::bigint, $5::bigint, $8::int, 'online'::text) OR old.aged`, string(id), o.Conn,
+			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions,
+			degraded).Scan(&changed)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
 			return gateway.ErrNotOwner
+		case err != nil:
+			return err
+		case changed:
+			return announceAgents(ctx, tx)
 		}
-		return err
+		return nil
 	})
 }
 
