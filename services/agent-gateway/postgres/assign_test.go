@@ -424,7 +424,11 @@ func TestAgentChangesAnnounced(t *testing.T) {
 		{"same beat", func() error { return s.RecordHeartbeat(ctx, id, o, c) }, false},
 		{"usage only", func() error { c.CPUUsedMillis = 100; c.Sessions = 1; return s.RecordHeartbeat(ctx, id, o, c) }, false},
 		{"capacity", func() error { c.CPUAllocatableMillis = 8000; return s.RecordHeartbeat(ctx, id, o, c) }, true},
-		{"drain", func() error { yes := true; _, err := s.UpdateAgent(ctx, id, gateway.AgentPatch{Draining: &yes}); return err }, true},
+		{"drain", func() error {
+			yes := true
+			_, err := s.UpdateAgent(ctx, id, gateway.AgentPatch{Draining: &yes})
+			return err
+		}, true},
 		{"rename", func() error { n := "x"; _, err := s.UpdateAgent(ctx, id, gateway.AgentPatch{Name: &n}); return err }, false},
 		{"release", func() error { return s.Release(ctx, id, o) }, true},
 	}
