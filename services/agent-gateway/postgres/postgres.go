@@ -450,21 +450,39 @@ func (s *Store) AssignMany(ctx context.Context, ins []gateway.AssignmentInput, t
 // while it was to move it.
 var errRaced = errors.New("a session to move was assigned concurrently")
 
-// assignMany is one attempt of AssignMany, filling out.
+// assignMany is one attempt of AssignMany, filling out. Round trip 1 locks the batch's
+// rows and agents and learns, per row, its agent and generation and whether the input
+// would change it; round trip 2 sends everything else at once: the upsert, the
+// retirements, the announcements and the read of the rows left as they were.
 func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, sids, agents []string, traceParent string,
 	out []gateway.AssignResult) error {
+	specs := make([]string, len(ins))
+	desired := make([]string, len(ins))
+	for i, in := range ins {
+		specs[i], desired[i] = string(in.Spec), string(in.Desired)
+		if specs[i] == "" {
+			specs[i] = "{}"
+		}
+	}
+	type row struct {
+		agent string
+		gen   int64
+		same  bool
+	}
 	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		clear(out)
-		// Round trip 1: lock what exists.
 		b := &pgx.Batch{}
-		b.Queue(`SELECT session_id, agent_id FROM session_assignments WHERE session_id = ANY ($1) ORDER BY session_id FOR UPDATE`, sids)
+		b.Queue(`SELECT a.session_id, a.agent_id, a.generation, a.desired = i.d AND a.spec = i.sp::jsonb
+			FROM session_assignments a JOIN unnest($1::text[], $2::text[], $3::text[]) AS i(s, d, sp) ON a.session_id = i.s
+			ORDER BY a.session_id FOR UPDATE OF a`, sids, desired, specs)
 		// KEY SHARE keeps the agents from being deleted before the rows naming them commit.
 		b.Queue(`SELECT id FROM agents WHERE id = ANY ($1) ORDER BY id FOR KEY SHARE`, agents)
 		br := tx.SendBatch(ctx, b)
-		was := map[string]string{} // session -> the agent it is assigned to
+		was := map[string]row{}
 		var sid, aid string
+		var r row
 		rows, _ := br.Query()
-		if _, err := pgx.ForEachRow(rows, []any{&sid, &aid}, func() error { was[sid] = aid; return nil }); err != nil {
+		if _, err := pgx.ForEachRow(rows, []any{&sid, &r.agent, &r.gen, &r.same}, func() error { was[sid] = r; return nil }); err != nil {
 			br.Close()
 			return err
 		}
@@ -478,98 +496,91 @@ func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, s
 			return err
 		}
 
-		// Round trip 2: the upsert, and the retirements of the sessions that moved.
-		var us, ua, ud, usp, moves []string
+		var us, ua, ud, usp, moves, unchanged []string
+		var rs, ra []string
+		var rg []int64
+		var fresh, freshAgent []string
+		notify := map[string]bool{}
 		for i, in := range ins {
-			old, assigned := was[string(in.SessionID)]
+			cur, assigned := was[string(in.SessionID)]
+			moving := assigned && cur.agent != string(in.AgentID)
 			switch {
-			case assigned && old != string(in.AgentID) && !in.Move:
+			case moving && !in.Move:
 				out[i].Err = apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
 				continue
 			case !known[string(in.AgentID)]:
 				out[i].Err = apperr.New(apperr.NotFound, "no such agent")
 				continue
-			case assigned && old != string(in.AgentID):
+			case assigned && !moving && cur.same:
+				unchanged = append(unchanged, string(in.SessionID))
+				continue
+			case moving:
+				// The upsert gives the row generation gen+1; the agent it leaves gets its
+				// retirement at that generation, above anything it applied.
 				moves = append(moves, string(in.SessionID))
+				rs, ra, rg = append(rs, string(in.SessionID)), append(ra, cur.agent), append(rg, cur.gen+1)
+				notify[cur.agent] = true
 			}
-			spec := string(in.Spec)
-			if spec == "" {
-				spec = "{}"
+			if !assigned || moving {
+				fresh, freshAgent = append(fresh, string(in.SessionID)), append(freshAgent, string(in.AgentID))
 			}
-			us, ua, ud, usp = append(us, string(in.SessionID)), append(ua, string(in.AgentID)), append(ud, string(in.Desired)), append(usp, spec)
-		}
-		if len(us) == 0 {
-			return nil
-		}
-		rows, err := tx.Query(ctx, upsertAssignments, us, ua, ud, usp, traceParent, moves)
-		if err != nil {
-			return err
-		}
-		written, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
-		if err != nil {
-			return err
-		}
-		got := make(map[gateway.SessionID]gateway.Assignment, len(written))
-		notify := map[string]bool{}
-		var rs, ra []string
-		var rg []int64
-		var fresh, freshAgent []string
-		for _, a := range written {
-			got[a.SessionID] = a
-			notify[string(a.AgentID)] = true
-			old, assigned := was[string(a.SessionID)]
-			if assigned && old != string(a.AgentID) {
-				rs, ra, rg = append(rs, string(a.SessionID)), append(ra, old), append(rg, a.Generation)
-				notify[old] = true
-			}
-			if !assigned || old != string(a.AgentID) {
-				fresh, freshAgent = append(fresh, string(a.SessionID)), append(freshAgent, string(a.AgentID))
-			}
-		}
-		channels := make([]string, 0, len(notify))
-		for a := range notify {
-			channels = append(channels, gateway.AgentChannel(gateway.AgentID(a)))
-		}
-		var unchanged []string
-		for i, in := range ins {
-			if out[i].Err == nil {
-				if _, ok := got[in.SessionID]; !ok {
-					unchanged = append(unchanged, string(in.SessionID))
-				}
-			}
+			notify[string(in.AgentID)] = true
+			us, ua, ud, usp = append(us, string(in.SessionID)), append(ua, string(in.AgentID)), append(ud, desired[i]), append(usp, specs[i])
 		}
 
-		// Round trip 3: retirements, the announcements and the rows left as they were.
 		b = &pgx.Batch{}
+		if len(us) > 0 {
+			b.Queue(upsertAssignments, us, ua, ud, usp, traceParent, moves)
+		}
 		if len(rs) > 0 {
 			b.Queue(retire, rs, ra, rg, traceParent)
 		}
 		if len(fresh) > 0 {
-			// A session arriving at an agent supersedes what is left of its retirement there.
+			// A session arriving at an agent supersedes what is left of its retirement
+			// there. After the upsert, whose new generation is computed above it; and
+			// only where the session did arrive (a row inserted concurrently for another
+			// agent keeps that agent's retirement).
 			b.Queue(`DELETE FROM session_retirements r USING unnest($1::text[], $2::text[]) AS f(s, ag)
-				WHERE r.session_id = f.s AND r.agent_id = f.ag`, fresh, freshAgent)
+				WHERE r.session_id = f.s AND r.agent_id = f.ag
+				  AND EXISTS (SELECT 1 FROM session_assignments a WHERE a.session_id = f.s AND a.agent_id = f.ag)`, fresh, freshAgent)
 		}
-		if len(channels) > 0 {
+		if len(notify) > 0 {
+			channels := make([]string, 0, len(notify))
+			for a := range notify {
+				channels = append(channels, gateway.AgentChannel(gateway.AgentID(a)))
+			}
 			b.Queue(`SELECT pg_notify(c, $2) FROM unnest($1::text[]) AS c`, channels, gateway.NotifyWork)
 		}
 		if len(unchanged) > 0 {
 			b.Queue(`SELECT `+assignmentCols+` FROM session_assignments WHERE session_id = ANY ($1)`, unchanged)
 		}
+		if b.Len() == 0 {
+			return nil
+		}
 		br = tx.SendBatch(ctx, b)
 		defer br.Close()
-		for range b.Len() - min(len(unchanged), 1) {
+		got := make(map[gateway.SessionID]gateway.Assignment, len(ins))
+		collect := func() error {
+			rows, _ := br.Query()
+			list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
+			for _, a := range list {
+				got[a.SessionID] = a
+			}
+			return err
+		}
+		if len(us) > 0 {
+			if err := collect(); err != nil {
+				return err
+			}
+		}
+		for range b.Len() - min(len(us), 1) - min(len(unchanged), 1) {
 			if _, err := br.Exec(); err != nil {
 				return err
 			}
 		}
 		if len(unchanged) > 0 {
-			rows, _ := br.Query()
-			cur, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
-			if err != nil {
+			if err := collect(); err != nil {
 				return err
-			}
-			for _, a := range cur {
-				got[a.SessionID] = a
 			}
 		}
 		for i, in := range ins {
@@ -578,13 +589,12 @@ func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, s
 			}
 			a, ok := got[in.SessionID]
 			switch {
-			case !ok:
-				return fmt.Errorf("assignment of session %s vanished", in.SessionID) // held locked; cannot happen
-			case a.AgentID != in.AgentID && in.Move:
-				// Inserted by another transaction after the lock was taken, so its agent
-				// was not known to retire: start over, now that the row exists to lock.
+			case !ok && in.Move:
+				// Inserted by another transaction after the lock was taken (the upsert
+				// left it alone), so its agent was not known to retire: start over, now
+				// that the row exists to lock.
 				return errRaced
-			case a.AgentID != in.AgentID:
+			case !ok || a.AgentID != in.AgentID:
 				out[i].Err = apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
 			default:
 				out[i].Assignment = a
