@@ -127,7 +127,16 @@ func QueueNotifyChanges(b *pgx.Batch, payloads []string) {
 
 // Audit records a lifecycle action in the tenant's audit log.
 func Audit(ctx context.Context, tx pgx.Tx, actor, action string, id sessions.ID, details map[string]any) error {
-	b, err := json.Marshal(details)
+	b := &pgx.Batch{}
+	if err := queueAudit(ctx, b, actor, action, id, details); err != nil {
+		return err
+	}
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// queueAudit is Audit for a batch.
+func queueAudit(ctx context.Context, b *pgx.Batch, actor, action string, id sessions.ID, details map[string]any) error {
+	d, err := json.Marshal(details)
 	if err != nil {
 		return err
 	}
@@ -135,9 +144,9 @@ func Audit(ctx context.Context, tx pgx.Tx, actor, action string, id sessions.ID,
 	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
 		traceID = sc.TraceID().String()
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO audit_log (actor, action, target, trace_id, details) VALUES ($1, $2, $3, $4, $5::jsonb)`,
-		actor, action, "session:"+string(id), traceID, string(b))
-	return err
+	b.Queue(`INSERT INTO audit_log (actor, action, target, trace_id, details) VALUES ($1, $2, $3, $4, $5::jsonb)`,
+		actor, action, "session:"+string(id), traceID, string(d))
+	return nil
 }
 
 // NotifyChange announces a change of s on sessions.ChangeChannel when tx commits.
@@ -159,11 +168,19 @@ func NotifyWork(ctx context.Context, tx pgx.Tx) error {
 	return err
 }
 
+// settingsSQL reads the tenant's stored session settings ($1: sessions.SettingsKey).
+const settingsSQL = `SELECT value FROM settings WHERE key = $1`
+
 // settings reads the tenant's settings with the defaults applied.
 func settings(ctx context.Context, tx pgx.Tx) (sessions.Settings, error) {
+	return decodeSettings(tx.QueryRow(ctx, settingsSQL, sessions.SettingsKey))
+}
+
+// decodeSettings scans a settingsSQL row and applies the defaults.
+func decodeSettings(row pgx.Row) (sessions.Settings, error) {
 	var st sessions.Settings
 	var raw []byte
-	err := tx.QueryRow(ctx, `SELECT value FROM settings WHERE key = $1`, sessions.SettingsKey).Scan(&raw)
+	err := row.Scan(&raw)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
@@ -176,12 +193,19 @@ func settings(ctx context.Context, tx pgx.Tx) (sessions.Settings, error) {
 	return st.WithDefaults(), nil
 }
 
+// userQuotaSQL reads a user's quota override ($1: the user).
+const userQuotaSQL = `SELECT max_sessions, max_cpu_millis, max_memory_bytes FROM session_user_quotas WHERE user_id = $1`
+
 // userQuota is the user's effective quota: the tenant's per-user default with the user's
 // override applied.
 func userQuota(ctx context.Context, tx pgx.Tx, st sessions.Settings, user string) (sessions.Quota, error) {
+	return decodeUserQuota(tx.QueryRow(ctx, userQuotaSQL, user), st)
+}
+
+// decodeUserQuota scans a userQuotaSQL row and merges it over the tenant's default.
+func decodeUserQuota(row pgx.Row, st sessions.Settings) (sessions.Quota, error) {
 	var o sessions.Quota
-	err := tx.QueryRow(ctx, `SELECT max_sessions, max_cpu_millis, max_memory_bytes FROM session_user_quotas WHERE user_id = $1`,
-		user).Scan(&o.MaxSessions, &o.MaxCPUMillis, &o.MaxMemoryBytes)
+	err := row.Scan(&o.MaxSessions, &o.MaxCPUMillis, &o.MaxMemoryBytes)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return o, err
 	}
@@ -213,6 +237,12 @@ func charge(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64, tail .
 	if err != nil {
 		return err
 	}
+	return chargeWith(ctx, tx, st, uq, owner, cpu, mem, tail...)
+}
+
+// chargeWith is charge with the tenant's settings and the owner's quota already read (in
+// tx).
+func chargeWith(ctx context.Context, tx pgx.Tx, st sessions.Settings, uq sessions.Quota, owner string, cpu, mem int64, tail ...queued) error {
 	one := sessions.Usage{Sessions: 1, CPUMillis: cpu, MemoryBytes: mem}
 	subjects := []struct {
 		subject, who string
@@ -341,37 +371,58 @@ func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.
 				return notFound(err)
 			}
 		}
-		var err error
-		out, err = Scan(tx.QueryRow(ctx, `INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
+		// Everything up to the charge goes in one pipelined round trip: the row, its
+		// event, the audit entry, and the settings and quota the charge checks against.
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
 				spec, cpu_millis, memory_bytes, agent_tags, tags, desired, generation, phase, reason,
 				idle_timeout_seconds, max_duration_seconds)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16)
 			RETURNING `+Columns, string(n.ID), n.Owner, n.Name, n.Template, n.TemplateScope, n.TemplateVersion,
 			string(rec.Spec), n.CPUMillis, n.MemoryBytes, n.AgentTags, n.Tags, string(n.Desired), string(n.Phase), n.Reason,
-			n.IdleTimeoutSeconds, n.MaxDurationSeconds))
-		if err != nil {
+			n.IdleTimeoutSeconds, n.MaxDurationSeconds)
+		if idem != nil {
+			b.Queue(`UPDATE session_idempotency SET session_id = $3 WHERE owner_id = $1 AND key = $2`, n.Owner, idem.Key, string(n.ID))
+		}
+		QueueEvent(b, sessions.Event{SessionID: n.ID, Kind: sessions.EventCreated, Phase: n.Phase,
+			Desired: n.Desired, Generation: 1, Reason: sessions.ReasonCreated,
+			Message: fmt.Sprintf("created from template %s (%s, version %d)", n.Template, n.TemplateScope, n.TemplateVersion),
+			Actor:   actor})
+		if err := queueAudit(ctx, b, actor, "session.create", n.ID, map[string]any{"template": n.Template,
+			"cpu_millis": n.CPUMillis, "memory_bytes": n.MemoryBytes}); err != nil {
+			return err
+		}
+		b.Queue(settingsSQL, sessions.SettingsKey)
+		b.Queue(userQuotaSQL, n.Owner)
+		br := tx.SendBatch(ctx, b)
+		var err error
+		if out, err = Scan(br.QueryRow()); err != nil {
+			br.Close()
 			return fmt.Errorf("inserting session: %w", err)
 		}
-		if idem != nil {
-			if _, err := tx.Exec(ctx, `UPDATE session_idempotency SET session_id = $3 WHERE owner_id = $1 AND key = $2`,
-				n.Owner, idem.Key, string(out.ID)); err != nil {
+		for range b.Len() - 3 { // the idempotency record, the event, the audit entry
+			if _, err := br.Exec(); err != nil {
+				br.Close()
 				return err
 			}
 		}
-		if err := InsertEvent(ctx, tx, sessions.Event{SessionID: out.ID, Kind: sessions.EventCreated, Phase: out.Phase,
-			Desired: out.Desired, Generation: out.Generation, Reason: sessions.ReasonCreated,
-			Message: fmt.Sprintf("created from template %s (%s, version %d)", out.Template, out.TemplateScope, out.TemplateVersion),
-			Actor:   actor}); err != nil {
+		st, err := decodeSettings(br.QueryRow())
+		if err != nil {
+			br.Close()
 			return err
 		}
-		if err := Audit(ctx, tx, actor, "session.create", out.ID, map[string]any{"template": out.Template,
-			"cpu_millis": out.CPUMillis, "memory_bytes": out.MemoryBytes}); err != nil {
+		uq, err := decodeUserQuota(br.QueryRow(), st)
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
 			return err
 		}
 		// The charge comes last, with the notifications: its usage rows are the tenant's
 		// one point of contention (see charge), so they are locked only from here to the
 		// commit, not for the inserts above.
-		return charge(ctx, tx, n.Owner, n.CPUMillis, n.MemoryBytes, notifications(ctx, out)...)
+		return chargeWith(ctx, tx, st, uq, n.Owner, n.CPUMillis, n.MemoryBytes, notifications(ctx, out)...)
 	})
 	return out, replayed, err
 }
