@@ -26,7 +26,8 @@ import (
 
 // Store implements sessions.Store.
 type Store struct {
-	db *tenantdb.DB
+	db    *tenantdb.DB
+	group group
 }
 
 var _ sessions.Store = (*Store)(nil)
@@ -336,8 +337,38 @@ func release(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64) error
 	return nil
 }
 
-// Create implements sessions.Store.
+// Create implements sessions.Store. Creates without an idempotency key commit in groups
+// (see group); a key's claim is its own transaction's business, so those commit alone.
 func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.Idempotency, actor string) (sessions.Session, bool, error) {
+	if idem == nil {
+		out, err := s.createGrouped(ctx, rec, actor)
+		return out, false, err
+	}
+	return s.createAlone(ctx, rec, idem, actor)
+}
+
+// queueInsert queues the insert of rec's session, returning Columns.
+func queueInsert(b *pgx.Batch, rec sessions.Record) {
+	n := rec.Session
+	b.Queue(`INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
+			spec, cpu_millis, memory_bytes, agent_tags, tags, desired, generation, phase, reason,
+			idle_timeout_seconds, max_duration_seconds)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16)
+		RETURNING `+Columns, string(n.ID), n.Owner, n.Name, n.Template, n.TemplateScope, n.TemplateVersion,
+		string(rec.Spec), n.CPUMillis, n.MemoryBytes, n.AgentTags, n.Tags, string(n.Desired), string(n.Phase), n.Reason,
+		n.IdleTimeoutSeconds, n.MaxDurationSeconds)
+}
+
+// queueCreated queues the creation event of the new session n.
+func queueCreated(b *pgx.Batch, n sessions.Session, actor string) {
+	QueueEvent(b, sessions.Event{SessionID: n.ID, Kind: sessions.EventCreated, Phase: n.Phase,
+		Desired: n.Desired, Generation: 1, Reason: sessions.ReasonCreated,
+		Message: fmt.Sprintf("created from template %s (%s, version %d)", n.Template, n.TemplateScope, n.TemplateVersion),
+		Actor:   actor})
+}
+
+// createAlone is Create in a transaction of its own.
+func (s *Store) createAlone(ctx context.Context, rec sessions.Record, idem *sessions.Idempotency, actor string) (sessions.Session, bool, error) {
 	var (
 		out      sessions.Session
 		replayed bool
@@ -374,20 +405,11 @@ func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.
 		// Everything up to the charge goes in one pipelined round trip: the row, its
 		// event, the audit entry, and the settings and quota the charge checks against.
 		b := &pgx.Batch{}
-		b.Queue(`INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
-				spec, cpu_millis, memory_bytes, agent_tags, tags, desired, generation, phase, reason,
-				idle_timeout_seconds, max_duration_seconds)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16)
-			RETURNING `+Columns, string(n.ID), n.Owner, n.Name, n.Template, n.TemplateScope, n.TemplateVersion,
-			string(rec.Spec), n.CPUMillis, n.MemoryBytes, n.AgentTags, n.Tags, string(n.Desired), string(n.Phase), n.Reason,
-			n.IdleTimeoutSeconds, n.MaxDurationSeconds)
+		queueInsert(b, rec)
 		if idem != nil {
 			b.Queue(`UPDATE session_idempotency SET session_id = $3 WHERE owner_id = $1 AND key = $2`, n.Owner, idem.Key, string(n.ID))
 		}
-		QueueEvent(b, sessions.Event{SessionID: n.ID, Kind: sessions.EventCreated, Phase: n.Phase,
-			Desired: n.Desired, Generation: 1, Reason: sessions.ReasonCreated,
-			Message: fmt.Sprintf("created from template %s (%s, version %d)", n.Template, n.TemplateScope, n.TemplateVersion),
-			Actor:   actor})
+		queueCreated(b, n, actor)
 		if err := queueAudit(ctx, b, actor, "session.create", n.ID, map[string]any{"template": n.Template,
 			"cpu_millis": n.CPUMillis, "memory_bytes": n.MemoryBytes}); err != nil {
 			return err
