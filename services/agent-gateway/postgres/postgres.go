@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/tenant"
@@ -88,14 +87,6 @@ func notFound(err error, what string) error {
 		return apperr.New(apperr.NotFound, "no such %s", what)
 	}
 	return err
-}
-
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
 }
 
 func currentTenant(ctx context.Context) tenant.ID {
