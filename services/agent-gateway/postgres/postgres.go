@@ -379,12 +379,16 @@ func (s *Store) Assign(ctx context.Context, in gateway.AssignmentInput, tracePar
 }
 
 // upsertAssignments writes the batch's assignments; $1..$4 are the inputs' sessions,
-// agents, desired states and specs, $5 the trace context, $6 the sessions allowed to move.
-// An identical write changes nothing, so retries by the caller never bump the generation
-// (and never make the agent redo work). A session new to the outbox starts above every
-// retirement it left behind, so that an agent it comes back to, which applied that
-// retirement, does not take the new generation for an old one.
-const upsertAssignments = `INSERT INTO session_assignments AS a (session_id, agent_id, generation, desired, spec, trace_parent)
+// agents, desired states and specs, $5 the trace context, $6 the sessions allowed to move,
+// $7 the sessions arriving at an agent (new or moved). An identical write changes nothing,
+// so retries by the caller never bump the generation (and never make the agent redo
+// work). A session new to the outbox starts above every retirement it left behind, so
+// that an agent it comes back to, which applied that retirement, does not take the new
+// generation for an old one; and a session arriving at an agent supersedes what is left
+// of its retirement there (deleted by the same statement, so the generation above is
+// computed before, and only where the session did arrive: a row inserted concurrently
+// for another agent keeps that agent's retirement).
+const upsertAssignments = `WITH up AS (INSERT INTO session_assignments AS a (session_id, agent_id, generation, desired, spec, trace_parent)
 	SELECT i.s, i.ag, COALESCE((SELECT max(r.generation) FROM session_retirements r WHERE r.session_id = i.s), 0) + 1,
 		i.d, i.sp::jsonb, $5
 	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS i(s, ag, d, sp)
@@ -394,7 +398,10 @@ const upsertAssignments = `INSERT INTO session_assignments AS a (session_id, age
 		ack_error = NULL, updated_at = now()
 	WHERE (a.agent_id = EXCLUDED.agent_id AND (a.desired <> EXCLUDED.desired OR a.spec <> EXCLUDED.spec))
 	   OR (a.agent_id <> EXCLUDED.agent_id AND a.session_id = ANY ($6::text[]))
-	RETURNING ` + assignmentCols
+	RETURNING ` + assignmentCols + `),
+	superseded AS (DELETE FROM session_retirements r USING up
+		WHERE r.session_id = up.session_id AND r.agent_id = up.agent_id AND r.session_id = ANY ($7::text[]))
+	SELECT * FROM up`
 
 // retire writes retirements: $1 sessions, $2 the agents they left, $3 the generation of
 // each (the one the session moved at, above anything the agent applied), $4 the trace
@@ -490,7 +497,7 @@ func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, s
 		var us, ua, ud, usp, moves, unchanged []string
 		var rs, ra []string
 		var rg []int64
-		var fresh, freshAgent []string
+		var fresh []string
 		notify := map[string]bool{}
 		for i, in := range ins {
 			cur, assigned := was[string(in.SessionID)]
@@ -513,7 +520,7 @@ func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, s
 				notify[cur.agent] = true
 			}
 			if !assigned || moving {
-				fresh, freshAgent = append(fresh, string(in.SessionID)), append(freshAgent, string(in.AgentID))
+				fresh = append(fresh, string(in.SessionID))
 			}
 			notify[string(in.AgentID)] = true
 			us, ua, ud, usp = append(us, string(in.SessionID)), append(ua, string(in.AgentID)), append(ud, desired[i]), append(usp, specs[i])
@@ -521,19 +528,10 @@ func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, s
 
 		b = &pgx.Batch{}
 		if len(us) > 0 {
-			b.Queue(upsertAssignments, us, ua, ud, usp, traceParent, moves)
+			b.Queue(upsertAssignments, us, ua, ud, usp, traceParent, moves, fresh)
 		}
 		if len(rs) > 0 {
 			b.Queue(retire, rs, ra, rg, traceParent)
-		}
-		if len(fresh) > 0 {
-			// A session arriving at an agent supersedes what is left of its retirement
-			// there. After the upsert, whose new generation is computed above it; and
-			// only where the session did arrive (a row inserted concurrently for another
-			// agent keeps that agent's retirement).
-			b.Queue(`DELETE FROM session_retirements r USING unnest($1::text[], $2::text[]) AS f(s, ag)
-				WHERE r.session_id = f.s AND r.agent_id = f.ag
-				  AND EXISTS (SELECT 1 FROM session_assignments a WHERE a.session_id = f.s AND a.agent_id = f.ag)`, fresh, freshAgent)
 		}
 		if len(notify) > 0 {
 			channels := make([]string, 0, len(notify))
