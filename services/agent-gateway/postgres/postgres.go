@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/tenant"
@@ -322,13 +323,15 @@ func (s *Store) RecordHeartbeat(ctx context.Context, id gateway.AgentID, o gatew
 	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		// Placement reads what the agent can host (allocatable, its session limit) and
 		// whether it is online; only a change of those is announced, not every beat. A
-		// beat after a silence long enough to age the agent brings it back online.
+		// beat after a silence long enough to age the agent brings it back online. NO KEY
+		// UPDATE, as the UPDATE itself would take: a full FOR UPDATE would make every
+		// beat queue with the foreign-key locks of assignments naming the agent.
 		var changed bool
 		degraded, _ := s.ages()
 		err := tx.QueryRow(ctx, `WITH old AS (
 				SELECT cpu_allocatable_millis, memory_allocatable_bytes, max_sessions, state,
 					last_seen IS NULL OR last_seen <= now() - make_interval(secs => $9) AS aged FROM agents
-				WHERE id = $1 AND `+fence+` FOR UPDATE)
+				WHERE id = $1 AND `+fence+` FOR NO KEY UPDATE)
 			UPDATE agents a SET
 				cpu_allocatable_millis = $3, cpu_used_millis = $4, memory_allocatable_bytes = $5, memory_used_bytes = $6,
 				sessions = $7, max_sessions = $8, state = 'online', last_seen = now()
@@ -434,7 +437,9 @@ func (s *Store) AssignMany(ctx context.Context, ins []gateway.AssignmentInput, t
 	}
 	var err error
 	for range 3 {
-		if err = s.assignMany(ctx, ins, sids, agents, traceParent, out); !errors.Is(err, errRaced) {
+		err = s.assignMany(ctx, ins, sids, agents, traceParent, out)
+		var pe *pgconn.PgError
+		if !errors.Is(err, errRaced) && !(errors.As(err, &pe) && pe.Code == "23503") {
 			break
 		}
 	}
@@ -445,7 +450,8 @@ func (s *Store) AssignMany(ctx context.Context, ins []gateway.AssignmentInput, t
 }
 
 // errRaced rolls back a batch that met a session inserted concurrently for another agent
-// while it was to move it.
+// while it was to move it. Like an agent deleted since the batch read it (a foreign key
+// violation), it makes AssignMany start over: the next attempt sees what changed.
 var errRaced = errors.New("a session to move was assigned concurrently")
 
 // assignMany is one attempt of AssignMany, filling out. Round trip 1 locks the batch's
@@ -473,8 +479,9 @@ func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, s
 		b.Queue(`SELECT a.session_id, a.agent_id, a.generation, a.desired = i.d AND a.spec = i.sp::jsonb
 			FROM session_assignments a JOIN unnest($1::text[], $2::text[], $3::text[]) AS i(s, d, sp) ON a.session_id = i.s
 			ORDER BY a.session_id FOR UPDATE OF a`, sids, desired, specs)
-		// KEY SHARE keeps the agents from being deleted before the rows naming them commit.
-		b.Queue(`SELECT id FROM agents WHERE id = ANY ($1) ORDER BY id FOR KEY SHARE`, agents)
+		// Not locked: the foreign key locks what the upsert names, and an agent deleted
+		// in between fails the batch, which is then tried again (see AssignMany).
+		b.Queue(`SELECT id FROM agents WHERE id = ANY ($1)`, agents)
 		br := tx.SendBatch(ctx, b)
 		was := map[string]row{}
 		var sid, aid string
