@@ -7,6 +7,7 @@ import (
 
 	"github.com/go-kit/kit/endpoint"
 
+	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/kitx"
 )
 
@@ -18,6 +19,8 @@ type Endpoints struct {
 	DrainAgent         endpoint.Endpoint
 	DeleteAgent        endpoint.Endpoint
 	Assign             endpoint.Endpoint
+	AssignMany         endpoint.Endpoint
+	Unassign           endpoint.Endpoint
 	GetAssignment      endpoint.Endpoint
 	AgentAssignments   endpoint.Endpoint
 	SessionStatus      endpoint.Endpoint
@@ -47,6 +50,18 @@ type (
 		AgentID AgentID         `json:"agent_id"`
 		Desired Desired         `json:"desired"`
 		Spec    json.RawMessage `json:"spec,omitempty"`
+		// Move lets the session leave another agent (see AssignmentInput.Move).
+		Move bool `json:"move,omitempty"`
+	}
+	// AssignManyBody is the JSON body of POST /api/v1/assignments: a batch.
+	AssignManyBody struct {
+		Items []AssignmentInput `json:"items"`
+	}
+	// AssignItem is one input's outcome in a batch's response: its assignment, or the
+	// problem that input alone met.
+	AssignItem struct {
+		Assignment *Assignment     `json:"assignment,omitempty"`
+		Error      *apperr.Problem `json:"error,omitempty"`
 	}
 	// ListResponse wraps a list, so it can grow paging fields without breaking clients.
 	ListResponse[T any] struct {
@@ -86,7 +101,24 @@ func MakeEndpoints(s Service, mw ...func(name string, e endpoint.Endpoint) endpo
 			return NoContent{}, s.DeleteAgent(ctx, r.ID)
 		})),
 		Assign: wrap("assign", kitx.Endpoint(func(ctx context.Context, r AssignRequest) (Assignment, error) {
-			return s.Assign(ctx, AssignmentInput{SessionID: r.ID, AgentID: r.Body.AgentID, Desired: r.Body.Desired, Spec: r.Body.Spec})
+			return s.Assign(ctx, AssignmentInput{SessionID: r.ID, AgentID: r.Body.AgentID, Desired: r.Body.Desired, Spec: r.Body.Spec,
+				Move: r.Body.Move})
+		})),
+		AssignMany: wrap("assign_many", kitx.Endpoint(func(ctx context.Context, r AssignManyBody) (ListResponse[AssignItem], error) {
+			res, err := s.AssignMany(ctx, r.Items)
+			items := make([]AssignItem, len(res))
+			for i, x := range res {
+				if x.Err != nil {
+					p := apperr.ProblemOf(x.Err)
+					items[i].Error = &p
+				} else {
+					items[i].Assignment = &x.Assignment
+				}
+			}
+			return ListResponse[AssignItem]{Items: items}, err
+		})),
+		Unassign: wrap("unassign", kitx.Endpoint(func(ctx context.Context, r SessionRequest) (NoContent, error) {
+			return NoContent{}, s.Unassign(ctx, r.ID)
 		})),
 		GetAssignment: wrap("get_assignment", kitx.Endpoint(func(ctx context.Context, r SessionRequest) (Assignment, error) {
 			return s.Assignment(ctx, r.ID)

@@ -104,6 +104,17 @@ type AssignmentInput struct {
 	AgentID   AgentID         `json:"agent_id"`
 	Desired   Desired         `json:"desired"`
 	Spec      json.RawMessage `json:"spec,omitempty"`
+	// Move allows the session to leave the agent it is assigned to: that agent is told to
+	// delete it (a retirement), and AgentID gets it at the next generation. Without Move,
+	// an assignment to another agent is a conflict.
+	Move bool `json:"move,omitempty"`
+}
+
+// AssignResult is the outcome of one input of a batch: the assignment as stored, or the
+// apperr error that input alone met (the others are applied regardless).
+type AssignResult struct {
+	Assignment Assignment
+	Err        error
 }
 
 // Assignment is a session's desired state at a generation, and how far the agent got.
@@ -143,6 +154,12 @@ type SessionStatus struct {
 // stored session status change, with payload "<tenant id>:<session id>", for other
 // services (sessions' live view). Like every NOTIFY it is lossy; listeners re-read.
 const StatusChannel = "streamspace_session_status"
+
+// AgentsChannel is the PostgreSQL NOTIFY channel on which the gateway announces a change
+// of what placement sees of an agent (it came online, went offline, its capacity, tags or
+// draining changed), with the tenant id as payload, so that the scheduler places at once.
+// An agent that falls silent is aged by readers, unannounced; they re-read on a timer.
+const AgentsChannel = "streamspace_agents"
 
 // Enrollment is what consuming an enrollment token yields: whom the agent belongs to and
 // what to call it. Identity's token is the only source of these names.
@@ -203,9 +220,21 @@ type Service interface {
 	// system). Invalid; NotFound: no such agent; Conflict: the session belongs to another
 	// agent.
 	Assign(ctx context.Context, in AssignmentInput) (Assignment, error)
+	// AssignMany applies a batch of inputs (each as Assign would, Move included) in one
+	// transaction, announcing each changed agent once, and returns one result per input,
+	// in order (admin or system). Invalid for the whole batch: an input that fails
+	// validation, a session named twice, more than MaxAssignBatch inputs. Per input:
+	// NotFound (no such agent), Conflict (another agent, without Move).
+	AssignMany(ctx context.Context, ins []AssignmentInput) ([]AssignResult, error)
+	// Unassign takes a session off its agent, which is told to delete it; afterwards the
+	// session has no assignment, and a later Assign may name any agent. Unassigning a
+	// session without an assignment changes nothing (admin or system).
+	Unassign(ctx context.Context, id SessionID) error
 	// Assignment returns a session's assignment. NotFound.
 	Assignment(ctx context.Context, id SessionID) (Assignment, error)
-	// AgentAssignments lists an agent's assignments. NotFound: no such agent.
+	// AgentAssignments lists an agent's assignments, and the retirements (desired
+	// deleted) of sessions that left it and are not yet acknowledged. NotFound: no such
+	// agent.
 	AgentAssignments(ctx context.Context, id AgentID) ([]Assignment, error)
 	// SessionStatus returns a session's observed state. NotFound: nothing reported yet.
 	SessionStatus(ctx context.Context, id SessionID) (SessionStatus, error)
@@ -265,19 +294,30 @@ type Store interface {
 
 	// Assign upserts an assignment and announces it (tenant-scoped). See Service.Assign.
 	Assign(ctx context.Context, in AssignmentInput, traceParent string) (Assignment, error)
+	// AssignMany is Assign for a batch, in one transaction with one announcement per
+	// changed agent (tenant-scoped). See Service.AssignMany; inputs are already valid and
+	// name distinct sessions.
+	AssignMany(ctx context.Context, ins []AssignmentInput, traceParent string) ([]AssignResult, error)
+	// Unassign retires a session's assignment from its agent and announces it
+	// (tenant-scoped). See Service.Unassign.
+	Unassign(ctx context.Context, id SessionID, traceParent string) error
 	// Assignment returns one assignment (tenant-scoped). NotFound.
 	Assignment(ctx context.Context, id SessionID) (Assignment, error)
 	// DesiredSet returns the agent's full desired set: every assignment except deleted
-	// ones already acknowledged (tenant-scoped).
+	// ones already acknowledged, and every unacknowledged retirement as desired deleted
+	// (tenant-scoped).
 	DesiredSet(ctx context.Context, id AgentID) ([]Assignment, error)
-	// AgentAssignments lists every assignment of an agent (tenant-scoped).
+	// AgentAssignments lists every assignment of an agent, and its unacknowledged
+	// retirements (tenant-scoped).
 	AgentAssignments(ctx context.Context, id AgentID) ([]Assignment, error)
-	// Pending returns the agent's unacknowledged assignments (tenant-scoped).
+	// Pending returns the agent's unacknowledged assignments and retirements
+	// (tenant-scoped).
 	Pending(ctx context.Context, id AgentID) ([]Assignment, error)
 	// Ack records that the agent applied session at generation (raising
-	// acked_generation, never lowering it), or failed to (tenant-scoped). A permanent
-	// failure counts as acknowledged, with its error kept. NotFound: the session is not
-	// assigned to this agent.
+	// acked_generation, never lowering it), or failed to (tenant-scoped); for a session
+	// that left the agent, the acknowledgement is its retirement's. A permanent failure
+	// counts as acknowledged, with its error kept. NotFound: the session is neither
+	// assigned to this agent nor retired from it.
 	Ack(ctx context.Context, id AgentID, session SessionID, generation int64, failure *wire.Error) error
 
 	// ReportStatus stores statuses of sessions assigned to the agent and announces each on

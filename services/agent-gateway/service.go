@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -127,33 +128,76 @@ func (s *service) DeleteAgent(ctx context.Context, id AgentID) error {
 	return nil
 }
 
+// MaxAssignBatch bounds the inputs of one AssignMany.
+const MaxAssignBatch = 1000
+
 // Assign implements Service.
 func (s *service) Assign(ctx context.Context, in AssignmentInput) (Assignment, error) {
 	if err := requireAdmin(ctx, auth.ScopeAgentsWrite); err != nil {
 		return Assignment{}, err
 	}
-	var fields []apperr.FieldError
-	if !sessionIDPattern.MatchString(string(in.SessionID)) {
-		fields = append(fields, apperr.Field("session_id", "1 to 128 characters of letters, digits and _ . : -"))
-	}
-	if !agentIDPattern.MatchString(string(in.AgentID)) {
-		fields = append(fields, apperr.Field("agent_id", "not an agent id"))
-	}
-	if !in.Desired.Valid() {
-		fields = append(fields, apperr.Field("desired", "running, hibernated, stopped or deleted"))
-	}
-	if len(in.Spec) > maxSpec {
-		fields = append(fields, apperr.Field("spec", "at most 256 KiB"))
-	} else if len(in.Spec) > 0 {
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(in.Spec, &obj) != nil || obj == nil {
-			fields = append(fields, apperr.Field("spec", "must be a JSON object"))
-		}
-	}
-	if len(fields) > 0 {
+	if fields := checkAssignment(in, ""); len(fields) > 0 {
 		return Assignment{}, apperr.Validation("invalid assignment", fields...)
 	}
 	return s.store.Assign(ctx, in, traceParent(ctx))
+}
+
+// AssignMany implements Service.
+func (s *service) AssignMany(ctx context.Context, ins []AssignmentInput) ([]AssignResult, error) {
+	if err := requireAdmin(ctx, auth.ScopeAgentsWrite); err != nil {
+		return nil, err
+	}
+	if len(ins) > MaxAssignBatch {
+		return nil, apperr.Validation("too many assignments", apperr.Field("items", fmt.Sprintf("at most %d", MaxAssignBatch)))
+	}
+	var fields []apperr.FieldError
+	seen := make(map[SessionID]bool, len(ins))
+	for i, in := range ins {
+		at := "items/" + strconv.Itoa(i) + "/"
+		fields = append(fields, checkAssignment(in, at)...)
+		if seen[in.SessionID] {
+			fields = append(fields, apperr.Field(at+"session_id", "names a session already in the batch"))
+		}
+		seen[in.SessionID] = true
+	}
+	if len(fields) > 0 {
+		return nil, apperr.Validation("invalid assignments", fields...)
+	}
+	return s.store.AssignMany(ctx, ins, traceParent(ctx))
+}
+
+// checkAssignment validates one input; at prefixes the field names.
+func checkAssignment(in AssignmentInput, at string) []apperr.FieldError {
+	var fields []apperr.FieldError
+	if !sessionIDPattern.MatchString(string(in.SessionID)) {
+		fields = append(fields, apperr.Field(at+"session_id", "1 to 128 characters of letters, digits and _ . : -"))
+	}
+	if !agentIDPattern.MatchString(string(in.AgentID)) {
+		fields = append(fields, apperr.Field(at+"agent_id", "not an agent id"))
+	}
+	if !in.Desired.Valid() {
+		fields = append(fields, apperr.Field(at+"desired", "running, hibernated, stopped or deleted"))
+	}
+	if len(in.Spec) > maxSpec {
+		fields = append(fields, apperr.Field(at+"spec", "at most 256 KiB"))
+	} else if len(in.Spec) > 0 {
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(in.Spec, &obj) != nil || obj == nil {
+			fields = append(fields, apperr.Field(at+"spec", "must be a JSON object"))
+		}
+	}
+	return fields
+}
+
+// Unassign implements Service.
+func (s *service) Unassign(ctx context.Context, id SessionID) error {
+	if err := requireAdmin(ctx, auth.ScopeAgentsWrite); err != nil {
+		return err
+	}
+	if !sessionIDPattern.MatchString(string(id)) {
+		return apperr.Validation("invalid session id", apperr.Field("session", "1 to 128 characters of letters, digits and _ . : -"))
+	}
+	return s.store.Unassign(ctx, id, traceParent(ctx))
 }
 
 // traceParent renders the W3C traceparent of ctx's span, "" without one, so the delivery

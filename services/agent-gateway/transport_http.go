@@ -15,6 +15,10 @@ import (
 // maxBody bounds admin request bodies; an assignment's spec is the largest.
 const maxBody = maxSpec + 4<<10
 
+// maxBatchBody bounds a batch of assignments: specs are small in practice, and a batch of
+// the largest ones would be too big for one request anyway.
+const maxBatchBody = 16 << 20
+
 // Route is one served route: its ServeMux pattern and handler.
 type Route struct {
 	Pattern string
@@ -36,6 +40,8 @@ func Routes(e Endpoints, v *auth.Verifier, logger *slog.Logger) []Route {
 		{Pattern: "GET /api/v1/agents/{id}/assignments", handler: json(e.AgentAssignments, decodeAgent, http.StatusOK)},
 		{Pattern: "GET /api/v1/agents/{id}/session-status", handler: json(e.AgentSessionStatus, decodeAgent, http.StatusOK)},
 		{Pattern: "PUT /api/v1/assignments/{session}", handler: json(e.Assign, decodeAssign, http.StatusOK)},
+		{Pattern: "POST /api/v1/assignments", handler: json(e.AssignMany, kitx.DecodeJSON[AssignManyBody](maxBatchBody), http.StatusOK)},
+		{Pattern: "DELETE /api/v1/assignments/{session}", handler: json(e.Unassign, decodeSession, http.StatusNoContent)},
 		{Pattern: "GET /api/v1/assignments/{session}", handler: json(e.GetAssignment, decodeSession, http.StatusOK)},
 		{Pattern: "GET /api/v1/session-status/{session}", handler: json(e.SessionStatus, decodeSession, http.StatusOK)},
 	}

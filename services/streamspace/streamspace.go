@@ -50,6 +50,11 @@ type Settings struct {
 // through identity's service in-process and shares its key-encryption key.
 func ModulesWith(d server.Deps, set Settings) ([]server.Module, error) {
 	idcfg, gwcfg := set.Identity, set.Gateway
+	// The scheduler ages agents exactly as the gateway does.
+	if set.Scheduler.AgentDegradedAfter == 0 && set.Scheduler.AgentOfflineAfter == 0 {
+		g := gwcfg.WithDefaults()
+		set.Scheduler.AgentDegradedAfter, set.Scheduler.AgentOfflineAfter = g.DegradedAfter, g.OfflineAfter
+	}
 	var idm *identity.Module
 	builders := []func(server.Deps) (server.Module, error){
 		func(dd server.Deps) (server.Module, error) {

@@ -90,17 +90,15 @@ func notFound(err error, what string) error {
 	return err
 }
 
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
-}
-
 func currentTenant(ctx context.Context) tenant.ID {
 	id, _ := tenant.FromContext(ctx)
 	return id
+}
+
+// announceAgents queues, in tx, the announcement that the context tenant's agents changed.
+func announceAgents(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, gateway.AgentsChannel, string(currentTenant(ctx)))
+	return err
 }
 
 // CreateAgent implements gateway.Store.
@@ -178,7 +176,13 @@ func (s *Store) UpdateAgent(ctx context.Context, id gateway.AgentID, p gateway.A
 		out, err = scanAgent(tx.QueryRow(ctx, `UPDATE agents SET
 			name = COALESCE($4, name), tags = COALESCE($5, tags), draining = COALESCE($6, draining), updated_at = now()
 			WHERE id = $3 RETURNING `+agentCols, d, o, string(id), p.Name, tags, p.Draining), currentTenant(ctx))
-		return notFound(err, "agent")
+		if err != nil {
+			return notFound(err, "agent")
+		}
+		if p.Tags != nil || p.Draining != nil {
+			return announceAgents(ctx, tx)
+		}
+		return nil
 	})
 	return out, err
 }
@@ -279,9 +283,11 @@ func (s *Store) Release(ctx context.Context, id gateway.AgentID, o gateway.Owner
 		if tag.RowsAffected() == 0 {
 			return gateway.ErrNotOwner
 		}
-		_, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL
-			WHERE agent_id = $1 AND owner_conn = $2`, string(id), o.Conn)
-		return err
+		if _, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL
+			WHERE agent_id = $1 AND owner_conn = $2`, string(id), o.Conn); err != nil {
+			return err
+		}
+		return announceAgents(ctx, tx)
 	})
 }
 
@@ -305,22 +311,44 @@ func (s *Store) RecordHello(ctx context.Context, id gateway.AgentID, o gateway.O
 		if err == nil && tag.RowsAffected() == 0 {
 			return gateway.ErrNotOwner
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return announceAgents(ctx, tx)
 	})
 }
 
 // RecordHeartbeat implements gateway.Store.
 func (s *Store) RecordHeartbeat(ctx context.Context, id gateway.AgentID, o gateway.Owner, c gateway.Capacity) error {
 	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE agents SET
-			cpu_allocatable_millis = $3, cpu_used_millis = $4, memory_allocatable_bytes = $5, memory_used_bytes = $6,
-			sessions = $7, max_sessions = $8, state = 'online', last_seen = now()
-			WHERE id = $1 AND `+fence, string(id), o.Conn,
-			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions)
-		if err == nil && tag.RowsAffected() == 0 {
+		// Placement reads what the agent can host (allocatable, its session limit) and
+		// whether it is online; only a change of those is announced, not every beat. A
+		// beat after a silence long enough to age the agent brings it back online. NO KEY
+		// UPDATE, as the UPDATE itself would take: a full FOR UPDATE would make every
+		// beat queue with the foreign-key locks of assignments naming the agent.
+		var changed bool
+		degraded, _ := s.ages()
+		err := tx.QueryRow(ctx, `WITH old AS (
+				SELECT cpu_allocatable_millis, memory_allocatable_bytes, max_sessions, state,
+					last_seen IS NULL OR last_seen <= now() - make_interval(secs => $9) AS aged FROM agents
+				WHERE id = $1 AND `+fence+` FOR NO KEY UPDATE)
+			UPDATE agents a SET
+				cpu_allocatable_millis = $3, cpu_used_millis = $4, memory_allocatable_bytes = $5, memory_used_bytes = $6,
+				sessions = $7, max_sessions = $8, state = 'online', last_seen = now()
+			FROM old WHERE a.id = $1
+			RETURNING (old.cpu_allocatable_millis, old.memory_allocatable_bytes, old.max_sessions, old.state)
+				IS DISTINCT FROM ($3::bigint, $5::bigint, $8::int, 'online'::text) OR old.aged`, string(id), o.Conn,
+			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions,
+			degraded).Scan(&changed)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
 			return gateway.ErrNotOwner
+		case err != nil:
+			return err
+		case changed:
+			return announceAgents(ctx, tx)
 		}
-		return err
+		return nil
 	})
 }
 
@@ -346,44 +374,254 @@ func scanAssignment(row pgx.Row) (gateway.Assignment, error) {
 
 // Assign implements gateway.Store.
 func (s *Store) Assign(ctx context.Context, in gateway.AssignmentInput, traceParent string) (gateway.Assignment, error) {
-	var out gateway.Assignment
-	spec := []byte(in.Spec)
-	if len(spec) == 0 {
-		spec = []byte("{}")
+	res, err := s.AssignMany(ctx, []gateway.AssignmentInput{in}, traceParent)
+	if err != nil {
+		return gateway.Assignment{}, err
 	}
-	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		// An identical write changes nothing, so retries by the caller never bump the
-		// generation (and never make the agent redo work).
-		a, err := scanAssignment(tx.QueryRow(ctx, `INSERT INTO session_assignments
-				(session_id, agent_id, generation, desired, spec, trace_parent)
-			VALUES ($1, $2, 1, $3, $4, $5)
-			ON CONFLICT (session_id) DO UPDATE SET generation = session_assignments.generation + 1,
-				desired = EXCLUDED.desired, spec = EXCLUDED.spec, trace_parent = EXCLUDED.trace_parent,
-				ack_error = NULL, updated_at = now()
-			WHERE session_assignments.agent_id = EXCLUDED.agent_id
-			  AND (session_assignments.desired <> EXCLUDED.desired OR session_assignments.spec <> EXCLUDED.spec)
-			RETURNING `+assignmentCols, string(in.SessionID), string(in.AgentID), string(in.Desired), string(spec), traceParent))
-		switch {
-		case pgCode(err) == "23503":
-			return apperr.New(apperr.NotFound, "no such agent")
-		case errors.Is(err, pgx.ErrNoRows):
-			cur, err := scanAssignment(tx.QueryRow(ctx, `SELECT `+assignmentCols+` FROM session_assignments WHERE session_id = $1`, string(in.SessionID)))
-			if err != nil {
-				return err
-			}
-			if cur.AgentID != in.AgentID {
-				return apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
-			}
-			out = cur
-			return nil
-		case err != nil:
+	return res[0].Assignment, res[0].Err
+}
+
+// upsertAssignments writes the batch's assignments; $1..$4 are the inputs' sessions,
+// agents, desired states and specs, $5 the trace context, $6 the sessions allowed to move,
+// $7 the sessions arriving at an agent (new or moved). An identical write changes nothing,
+// so retries by the caller never bump the generation (and never make the agent redo
+// work). A session new to the outbox starts above every retirement it left behind, so
+// that an agent it comes back to, which applied that retirement, does not take the new
+// generation for an old one; and a session arriving at an agent supersedes what is left
+// of its retirement there (deleted by the same statement, so the generation above is
+// computed before, and only where the session did arrive: a row inserted concurrently
+// for another agent keeps that agent's retirement).
+const upsertAssignments = `WITH up AS (INSERT INTO session_assignments AS a (session_id, agent_id, generation, desired, spec, trace_parent)
+	SELECT i.s, i.ag, COALESCE((SELECT max(r.generation) FROM session_retirements r WHERE r.session_id = i.s), 0) + 1,
+		i.d, i.sp::jsonb, $5
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS i(s, ag, d, sp)
+	ON CONFLICT (session_id) DO UPDATE SET generation = a.generation + 1, agent_id = EXCLUDED.agent_id,
+		acked_generation = CASE WHEN a.agent_id = EXCLUDED.agent_id THEN a.acked_generation ELSE 0 END,
+		desired = EXCLUDED.desired, spec = EXCLUDED.spec, trace_parent = EXCLUDED.trace_parent,
+		ack_error = NULL, updated_at = now()
+	WHERE (a.agent_id = EXCLUDED.agent_id AND (a.desired <> EXCLUDED.desired OR a.spec <> EXCLUDED.spec))
+	   OR (a.agent_id <> EXCLUDED.agent_id AND a.session_id = ANY ($6::text[]))
+	RETURNING ` + assignmentCols + `),
+	superseded AS (DELETE FROM session_retirements r USING up
+		WHERE r.session_id = up.session_id AND r.agent_id = up.agent_id AND r.session_id = ANY ($7::text[]))
+	SELECT * FROM up`
+
+// retire writes retirements: $1 sessions, $2 the agents they left, $3 the generation of
+// each (the one the session moved at, above anything the agent applied), $4 the trace
+// context. An older retirement of the same pair, long acknowledged, is reused.
+const retire = `INSERT INTO session_retirements AS r (session_id, agent_id, generation, trace_parent)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS m(s, ag, g), (SELECT $4::text) AS t
+	ON CONFLICT (session_id, agent_id) DO UPDATE SET generation = GREATEST(r.generation, EXCLUDED.generation),
+		trace_parent = EXCLUDED.trace_parent, ack_error = NULL, updated_at = now()`
+
+// AssignMany implements gateway.Store. It locks the batch's assignment rows and agents
+// first, so that it knows which agent each moved session leaves (that agent gets a
+// retirement) and which agents exist; a row another transaction inserts meanwhile is
+// caught by the upsert's own condition and reported as the conflict it is. Everything
+// goes to the server in three pipelined round trips, whatever the batch's size, and each
+// agent whose work changed is announced once.
+func (s *Store) AssignMany(ctx context.Context, ins []gateway.AssignmentInput, traceParent string) ([]gateway.AssignResult, error) {
+	out := make([]gateway.AssignResult, len(ins))
+	if len(ins) == 0 {
+		return out, nil
+	}
+	sids := make([]string, len(ins))
+	var agents []string
+	seen := map[gateway.AgentID]bool{}
+	for i, in := range ins {
+		sids[i] = string(in.SessionID)
+		if !seen[in.AgentID] {
+			seen[in.AgentID] = true
+			agents = append(agents, string(in.AgentID))
+		}
+	}
+	var err error
+	for range 3 {
+		err = s.assignMany(ctx, ins, sids, agents, traceParent, out)
+		var pe *pgconn.PgError
+		if !errors.Is(err, errRaced) && !(errors.As(err, &pe) && pe.Code == "23503") {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// errRaced rolls back a batch that met a session inserted concurrently for another agent
+// while it was to move it. Like an agent deleted since the batch read it (a foreign key
+// violation), it makes AssignMany start over: the next attempt sees what changed.
+var errRaced = errors.New("a session to move was assigned concurrently")
+
+// assignMany is one attempt of AssignMany, filling out. Round trip 1 locks the batch's
+// rows and agents and learns, per row, its agent and generation and whether the input
+// would change it; round trip 2 sends everything else at once: the upsert, the
+// retirements, the announcements and the read of the rows left as they were.
+func (s *Store) assignMany(ctx context.Context, ins []gateway.AssignmentInput, sids, agents []string, traceParent string,
+	out []gateway.AssignResult) error {
+	specs := make([]string, len(ins))
+	desired := make([]string, len(ins))
+	for i, in := range ins {
+		specs[i], desired[i] = string(in.Spec), string(in.Desired)
+		if specs[i] == "" {
+			specs[i] = "{}"
+		}
+	}
+	type row struct {
+		agent string
+		gen   int64
+		same  bool
+	}
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		clear(out)
+		b := &pgx.Batch{}
+		b.Queue(`SELECT a.session_id, a.agent_id, a.generation, a.desired = i.d AND a.spec = i.sp::jsonb
+			FROM session_assignments a JOIN unnest($1::text[], $2::text[], $3::text[]) AS i(s, d, sp) ON a.session_id = i.s
+			ORDER BY a.session_id FOR UPDATE OF a`, sids, desired, specs)
+		// Not locked: the foreign key locks what the upsert names, and an agent deleted
+		// in between fails the batch, which is then tried again (see AssignMany).
+		b.Queue(`SELECT id FROM agents WHERE id = ANY ($1)`, agents)
+		br := tx.SendBatch(ctx, b)
+		was := map[string]row{}
+		var sid, aid string
+		var r row
+		rows, _ := br.Query()
+		if _, err := pgx.ForEachRow(rows, []any{&sid, &r.agent, &r.gen, &r.same}, func() error { was[sid] = r; return nil }); err != nil {
+			br.Close()
 			return err
 		}
-		out = a
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, gateway.AgentChannel(in.AgentID), gateway.NotifyWork)
-		return err
+		known := map[string]bool{}
+		rows, _ = br.Query()
+		if _, err := pgx.ForEachRow(rows, []any{&aid}, func() error { known[aid] = true; return nil }); err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+
+		var us, ua, ud, usp, moves, unchanged []string
+		var rs, ra []string
+		var rg []int64
+		var fresh []string
+		notify := map[string]bool{}
+		for i, in := range ins {
+			cur, assigned := was[string(in.SessionID)]
+			moving := assigned && cur.agent != string(in.AgentID)
+			switch {
+			case moving && !in.Move:
+				out[i].Err = apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
+				continue
+			case !known[string(in.AgentID)]:
+				out[i].Err = apperr.New(apperr.NotFound, "no such agent")
+				continue
+			case assigned && !moving && cur.same:
+				unchanged = append(unchanged, string(in.SessionID))
+				continue
+			case moving:
+				// The upsert gives the row generation gen+1; the agent it leaves gets its
+				// retirement at that generation, above anything it applied.
+				moves = append(moves, string(in.SessionID))
+				rs, ra, rg = append(rs, string(in.SessionID)), append(ra, cur.agent), append(rg, cur.gen+1)
+				notify[cur.agent] = true
+			}
+			if !assigned || moving {
+				fresh = append(fresh, string(in.SessionID))
+			}
+			notify[string(in.AgentID)] = true
+			us, ua, ud, usp = append(us, string(in.SessionID)), append(ua, string(in.AgentID)), append(ud, desired[i]), append(usp, specs[i])
+		}
+
+		b = &pgx.Batch{}
+		if len(us) > 0 {
+			b.Queue(upsertAssignments, us, ua, ud, usp, traceParent, moves, fresh)
+		}
+		if len(rs) > 0 {
+			b.Queue(retire, rs, ra, rg, traceParent)
+		}
+		if len(notify) > 0 {
+			channels := make([]string, 0, len(notify))
+			for a := range notify {
+				channels = append(channels, gateway.AgentChannel(gateway.AgentID(a)))
+			}
+			b.Queue(`SELECT pg_notify(c, $2) FROM unnest($1::text[]) AS c`, channels, gateway.NotifyWork)
+		}
+		if len(unchanged) > 0 {
+			b.Queue(`SELECT `+assignmentCols+` FROM session_assignments WHERE session_id = ANY ($1)`, unchanged)
+		}
+		if b.Len() == 0 {
+			return nil
+		}
+		br = tx.SendBatch(ctx, b)
+		defer br.Close()
+		got := make(map[gateway.SessionID]gateway.Assignment, len(ins))
+		collect := func() error {
+			rows, _ := br.Query()
+			list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
+			for _, a := range list {
+				got[a.SessionID] = a
+			}
+			return err
+		}
+		if len(us) > 0 {
+			if err := collect(); err != nil {
+				return err
+			}
+		}
+		for range b.Len() - min(len(us), 1) - min(len(unchanged), 1) {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		if len(unchanged) > 0 {
+			if err := collect(); err != nil {
+				return err
+			}
+		}
+		for i, in := range ins {
+			if out[i].Err != nil {
+				continue
+			}
+			a, ok := got[in.SessionID]
+			switch {
+			case !ok && in.Move:
+				// Inserted by another transaction after the lock was taken (the upsert
+				// left it alone), so its agent was not known to retire: start over, now
+				// that the row exists to lock.
+				return errRaced
+			case !ok || a.AgentID != in.AgentID:
+				out[i].Err = apperr.New(apperr.Conflict, "session %s is assigned to another agent", in.SessionID)
+			default:
+				out[i].Assignment = a
+			}
+		}
+		return br.Close()
 	})
-	return out, err
+}
+
+// Unassign implements gateway.Store.
+func (s *Store) Unassign(ctx context.Context, id gateway.SessionID, traceParent string) error {
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		var agent string
+		var gen, acked int64
+		var desired string
+		err := tx.QueryRow(ctx, `DELETE FROM session_assignments WHERE session_id = $1
+			RETURNING agent_id, generation, acked_generation, desired`, string(id)).Scan(&agent, &gen, &acked, &desired)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // nothing assigned: already done
+		}
+		if err != nil {
+			return err
+		}
+		if desired == string(wire.DesiredDeleted) && acked >= gen {
+			return nil // the agent already removed it
+		}
+		b := &pgx.Batch{}
+		b.Queue(retire, []string{string(id)}, []string{agent}, []int64{gen + 1}, traceParent)
+		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentChannel(gateway.AgentID(agent)), gateway.NotifyWork)
+		return tx.SendBatch(ctx, b).Close()
+	})
 }
 
 // Assignment implements gateway.Store.
@@ -397,10 +635,16 @@ func (s *Store) Assignment(ctx context.Context, id gateway.SessionID) (gateway.A
 	return out, err
 }
 
-func (s *Store) assignments(ctx context.Context, where string, id gateway.AgentID) ([]gateway.Assignment, error) {
+// retiredCols selects a retirement as an assignment row: desired deleted, without a spec.
+const retiredCols = `session_id, agent_id, generation, 'deleted', '{}'::jsonb, acked_generation, ack_error, trace_parent, created_at, updated_at`
+
+// assignments reads the agent's assignments matching where and its retirements matching
+// retiredWhere, in order.
+func (s *Store) assignments(ctx context.Context, id gateway.AgentID, where, retiredWhere, order string) ([]gateway.Assignment, error) {
 	out := []gateway.Assignment{}
 	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+assignmentCols+` FROM session_assignments WHERE agent_id = $1 `+where, string(id))
+		rows, err := tx.Query(ctx, `SELECT `+assignmentCols+` FROM session_assignments WHERE agent_id = $1 `+where+`
+			UNION ALL SELECT `+retiredCols+` FROM session_retirements WHERE agent_id = $1 `+retiredWhere+` ORDER BY `+order, string(id))
 		if err != nil {
 			return err
 		}
@@ -410,19 +654,22 @@ func (s *Store) assignments(ctx context.Context, where string, id gateway.AgentI
 	return out, err
 }
 
+// unacked is the condition of a retirement the agent has not yet acknowledged.
+const unacked = `AND generation > acked_generation`
+
 // DesiredSet implements gateway.Store.
 func (s *Store) DesiredSet(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
-	return s.assignments(ctx, `AND NOT (desired = 'deleted' AND acked_generation >= generation) ORDER BY session_id`, id)
+	return s.assignments(ctx, id, `AND NOT (desired = 'deleted' AND acked_generation >= generation)`, unacked, `session_id`)
 }
 
 // AgentAssignments implements gateway.Store.
 func (s *Store) AgentAssignments(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
-	return s.assignments(ctx, `ORDER BY session_id`, id)
+	return s.assignments(ctx, id, ``, unacked, `session_id`)
 }
 
 // Pending implements gateway.Store.
 func (s *Store) Pending(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
-	return s.assignments(ctx, `AND generation > acked_generation ORDER BY updated_at, session_id`, id)
+	return s.assignments(ctx, id, unacked, unacked, `updated_at, session_id`)
 }
 
 // Ack implements gateway.Store.
@@ -442,14 +689,18 @@ func (s *Store) Ack(ctx context.Context, id gateway.AgentID, session gateway.Ses
 	// bug and is clamped, so it can never hide later work.
 	advance := failure == nil || failure.Permanent
 	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE session_assignments SET
-			acked_generation = CASE WHEN $4 THEN GREATEST(acked_generation, LEAST(generation, $3)) ELSE acked_generation END,
-			ack_error = CASE WHEN $3 >= generation OR $5::jsonb IS NOT NULL THEN $5::jsonb ELSE ack_error END
-			WHERE session_id = $1 AND agent_id = $2`, string(session), string(id), gen, advance, failJSON)
-		if err == nil && tag.RowsAffected() == 0 {
-			return apperr.New(apperr.NotFound, "session %s is not assigned to this agent", session)
+		// A session is assigned to an agent or retired from it, never both (an assignment
+		// arriving at an agent deletes the retirement there), so one of these matches.
+		for _, table := range []string{"session_assignments", "session_retirements"} {
+			tag, err := tx.Exec(ctx, `UPDATE `+table+` SET
+				acked_generation = CASE WHEN $4 THEN GREATEST(acked_generation, LEAST(generation, $3)) ELSE acked_generation END,
+				ack_error = CASE WHEN $3 >= generation OR $5::jsonb IS NOT NULL THEN $5::jsonb ELSE ack_error END
+				WHERE session_id = $1 AND agent_id = $2`, string(session), string(id), gen, advance, failJSON)
+			if err != nil || tag.RowsAffected() > 0 {
+				return err
+			}
 		}
-		return err
+		return apperr.New(apperr.NotFound, "session %s is not assigned to this agent", session)
 	})
 }
 
@@ -499,7 +750,10 @@ func (s *Store) ReportStatus(ctx context.Context, id gateway.AgentID, o gateway.
 			}
 			if tag.RowsAffected() == 0 {
 				var assigned bool
-				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM session_assignments WHERE session_id = $1 AND agent_id = $2)`,
+				// A session that left this agent is no longer its to report on, but the
+				// agent has not yet applied the retirement: not a refusal, only stale.
+				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM session_assignments WHERE session_id = $1 AND agent_id = $2)
+						OR EXISTS (SELECT 1 FROM session_retirements WHERE session_id = $1 AND agent_id = $2)`,
 					string(st.SessionID), string(id)).Scan(&assigned); err != nil {
 					return err
 				}

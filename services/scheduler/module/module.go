@@ -42,6 +42,9 @@ type Config struct {
 	Interval time.Duration
 	// Replica names this scheduler in events and the audit log; the host name when empty.
 	Replica string
+	// AgentDegradedAfter and AgentOfflineAfter age an agent's state as the gateway does
+	// (its settings of the same names); zero takes the gateway's defaults.
+	AgentDegradedAfter, AgentOfflineAfter time.Duration
 }
 
 // Register defines the settings on fs.
@@ -53,6 +56,16 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	config.Duration(fs, &c.Interval, "scheduler-interval", "STREAMSPACE_SCHEDULER_INTERVAL", 2*time.Second,
 		"how often every tenant is scheduled without an announcement (agents and capacity change silently)")
 	config.String(fs, &c.Replica, "scheduler-replica", "STREAMSPACE_SCHEDULER_REPLICA", "", "this replica's name in session events (default: the host name)")
+	// The gateway's own settings: the all-in-one binary registers them once, for the
+	// gateway, and hands the values on (streamspace.ModulesWith).
+	if fs.Lookup("agent-degraded-after") == nil {
+		config.Duration(fs, &c.AgentDegradedAfter, "agent-degraded-after", "STREAMSPACE_AGENT_DEGRADED_AFTER", gateway.DefaultDegradedAfter,
+			"silence after which an agent is degraded (as the gateway is configured)")
+	}
+	if fs.Lookup("agent-offline-after") == nil {
+		config.Duration(fs, &c.AgentOfflineAfter, "agent-offline-after", "STREAMSPACE_AGENT_OFFLINE_AFTER", gateway.DefaultOfflineAfter,
+			"silence after which an agent is offline (as the gateway is configured)")
+	}
 }
 
 // WithDefaults fills unset values.
@@ -101,7 +114,8 @@ func New(deps server.Deps, cfg Config) (*Module, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	gw := gateway.NewService(gwpostgres.New(deps.DB, gwpostgres.Thresholds{}), nil)
+	gw := gateway.NewService(gwpostgres.New(deps.DB, gwpostgres.Thresholds{DegradedAfter: cfg.AgentDegradedAfter,
+		OfflineAfter: cfg.AgentOfflineAfter}), nil)
 	store := postgres.New(deps.DB, gw)
 	loop := NewLoop(deps.DB, store, cfg, deps.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -216,8 +230,9 @@ func (l *Loop) Run(ctx context.Context) {
 	}
 }
 
-// listen turns WorkChannel notifications into tenants to schedule. Lost notifications
-// are covered by the timer.
+// listen turns WorkChannel and gateway.AgentsChannel notifications into tenants to
+// schedule. Lost notifications, and agents aged offline by silence (which nobody
+// announces), are covered by the timer.
 func (l *Loop) listen(ctx context.Context, work chan<- tenant.ID) {
 	for ctx.Err() == nil {
 		err := func() error {
@@ -226,8 +241,12 @@ func (l *Loop) listen(ctx context.Context, work chan<- tenant.ID) {
 				return err
 			}
 			defer conn.Close(context.WithoutCancel(ctx))
-			if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{sessions.WorkChannel}.Sanitize()); err != nil {
-				return err
+			// Work in a tenant, and changes of its agents (online, offline, capacity,
+			// draining): both name the tenant to place in.
+			for _, ch := range []string{sessions.WorkChannel, gateway.AgentsChannel} {
+				if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+					return err
+				}
 			}
 			for {
 				n, err := conn.WaitForNotification(ctx)

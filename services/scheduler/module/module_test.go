@@ -386,6 +386,21 @@ func TestAgentLostAndReturning(t *testing.T) {
 		t.Fatalf("rescheduled onto %s, want %s", moved.AgentID, b.id)
 	}
 	b.assignment(starting.ID)
+	// The agent it left is told to remove it, whenever it comes back: a retirement at a
+	// generation above what it applied, in its pending work and its full set.
+	pending, err := w.gw.Pending(w.sys, a.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var retired bool
+	for _, p := range pending {
+		if p.SessionID == gateway.SessionID(starting.ID) {
+			retired = p.Desired == wire.DesiredDeleted
+		}
+	}
+	if !retired {
+		t.Fatalf("the agent the session left has no retirement for it: %+v", pending)
+	}
 	expectPhase(t, w.get(running.ID), sessions.PhaseRunning, sessions.ReasonAgentLost)
 
 	// The agent returns: the mark goes, and its next report is folded as usual.

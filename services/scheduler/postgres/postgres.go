@@ -29,7 +29,8 @@ import (
 // it as auth.AsSystem for the tenant.
 type Gateway interface {
 	Agents(ctx context.Context) ([]gateway.Agent, error)
-	Assign(ctx context.Context, in gateway.AssignmentInput) (gateway.Assignment, error)
+	AssignMany(ctx context.Context, ins []gateway.AssignmentInput) ([]gateway.AssignResult, error)
+	Unassign(ctx context.Context, id gateway.SessionID) error
 }
 
 // Options tune a pass.
@@ -217,16 +218,10 @@ func (s *Store) watchAgents(ctx context.Context, tx pgx.Tx, agents map[string]*g
 }
 
 // update changes the locked session cur with set (parameters from $2), announces it and,
-// with ev, records the event: one pipelined round trip, because a pass makes these writes
-// for every session it claims and round trips, not SQL, are what a pass spends its time on.
+// with ev, records the event, in one pipelined round trip.
 func (s *Store) update(ctx context.Context, tx pgx.Tx, cur sessions.Session, ev *sessions.Event, set string, args ...any) error {
 	b := &pgx.Batch{}
-	b.Queue(`UPDATE sessions SET `+set+`, updated_at = now() WHERE id = $1`, append([]any{string(cur.ID)}, args...)...)
-	// The notice names the session and its owner, which no update changes.
-	sesspg.QueueNotifyChange(ctx, b, cur)
-	if ev != nil {
-		sesspg.QueueEvent(b, *ev)
-	}
+	queueUpdate(ctx, b, cur, ev, set, args...)
 	return tx.SendBatch(ctx, b).Close()
 }
 
@@ -237,7 +232,15 @@ func event(cur sessions.Session, kind string, phase sessions.Phase, reason, msg,
 }
 
 // work claims the sessions whose generation is ahead of the gateway's, places those that
-// need an agent, and delivers each one's desired state.
+// need an agent, and delivers each one's desired state. Placement is decided in memory
+// for the whole claim; the desired states then go to the gateway in one AssignMany (one
+// transaction, one announcement per agent) and the sessions are updated in one pipelined
+// batch, so a pass costs a handful of round trips and commits however many it places.
+//
+// The gateway's transaction commits before the pass's. Should the pass then fail, its
+// sessions are still ahead of what was dispatched, so the next pass writes them again:
+// identical writes change nothing, and a different choice is a move, which tells the
+// first agent to remove the session. A session is never left running on two agents.
 func (s *Store) work(ctx context.Context, tx pgx.Tx, cands []scheduler.Candidate, agents map[string]*gateway.Agent, o Options, res *Result) error {
 	rows, err := tx.Query(ctx, `SELECT `+sesspg.Columns+`, spec::text, deleted_at IS NOT NULL FROM sessions
 		WHERE generation > dispatched_generation ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`, o.Batch)
@@ -252,16 +255,13 @@ func (s *Store) work(ctx context.Context, tx pgx.Tx, cands []scheduler.Candidate
 	var items []item
 	for rows.Next() {
 		var it item
-		var spec string
-		var deleted bool
 		var err error
 		// Scan with the two extra columns: Scan's row wrapper reads only Columns.
-		it.s, err = sesspg.Scan(extraRow{rows, []any{&spec, &deleted}})
+		it.s, err = sesspg.Scan(extraRow{rows, []any{&it.spec, &it.deleted}})
 		if err != nil {
 			rows.Close()
 			return err
 		}
-		it.spec, it.deleted = spec, deleted
 		items = append(items, it)
 	}
 	if err := rows.Err(); err != nil {
@@ -271,6 +271,21 @@ func (s *Store) work(ctx context.Context, tx pgx.Tx, cands []scheduler.Candidate
 	for i, c := range cands {
 		index[c.ID] = i
 	}
+	take := func(agent string, cur sessions.Session, sign int64) {
+		if i, ok := index[agent]; ok {
+			cands[i].CPUPlaced += sign * cur.CPUMillis
+			cands[i].MemoryPlaced += sign * cur.MemoryBytes
+			cands[i].Sessions += int(sign)
+		}
+	}
+	b := &pgx.Batch{}
+	var ins []gateway.AssignmentInput
+	type target struct {
+		cur     sessions.Session
+		agent   string
+		deleted bool
+	}
+	var dispatch []target // in ins's order
 	for _, it := range items {
 		cur := it.s
 		desired := gateway.Desired(cur.Desired)
@@ -282,86 +297,75 @@ func (s *Store) work(ctx context.Context, tx pgx.Tx, cands []scheduler.Candidate
 			// A running session needs an agent that fits now. Its own requests are
 			// already counted on its current agent (desired running), so they are taken
 			// off before the check.
-			if agent != "" {
-				if i, ok := index[agent]; ok {
-					cands[i].CPUPlaced -= cur.CPUMillis
-					cands[i].MemoryPlaced -= cur.MemoryBytes
-					cands[i].Sessions--
-				}
-			}
+			take(agent, cur, -1)
 			prefer := agent
 			if prefer == "" {
 				prefer = cur.LastAgentID
 			}
 			chosen, why := scheduler.Choose(cands, scheduler.Request{CPU: cur.CPUMillis, Memory: cur.MemoryBytes, Tags: cur.AgentTags, Prefer: prefer}, o.Strategy)
 			if chosen == "" {
-				if agent != "" {
-					if i, ok := index[agent]; ok { // give the requests back: nothing moved
-						cands[i].CPUPlaced += cur.CPUMillis
-						cands[i].MemoryPlaced += cur.MemoryBytes
-						cands[i].Sessions++
-					}
-				}
+				take(agent, cur, +1) // give the requests back: nothing moved
 				if cur.Phase != sessions.PhaseScheduling || cur.Reason != sessions.ReasonNoAgentFits || cur.Message != why {
 					var ev *sessions.Event
 					if cur.Phase != sessions.PhaseScheduling || cur.Message != why {
 						ev = event(cur, sessions.EventPhase, sessions.PhaseScheduling, sessions.ReasonNoAgentFits, why, o.Actor)
 					}
-					if err := s.update(ctx, tx, cur, ev, `phase = $2, reason = $3, message = $4,
+					queueUpdate(ctx, b, cur, ev, `phase = $2, reason = $3, message = $4,
 						phase_since = CASE WHEN phase <> $2 THEN now() ELSE phase_since END`,
-						string(sessions.PhaseScheduling), sessions.ReasonNoAgentFits, why); err != nil {
-						return err
-					}
+						string(sessions.PhaseScheduling), sessions.ReasonNoAgentFits, why)
 				}
 				res.Unplaced++
 				continue
 			}
-			i := index[chosen]
-			cands[i].CPUPlaced += cur.CPUMillis
-			cands[i].MemoryPlaced += cur.MemoryBytes
-			cands[i].Sessions++
-			if agent != "" && agent != chosen {
-				if err := s.unassign(ctx, cur.ID, chosen); err != nil {
-					return err
-				}
-			}
+			take(chosen, cur, +1)
 			agent = chosen
 		}
 		if agent == "" {
-			// Nothing was ever placed, so nothing has to reach an agent.
-			if _, err := tx.Exec(ctx, `UPDATE sessions SET dispatched_generation = generation WHERE id = $1`, string(cur.ID)); err != nil {
-				return err
+			// Nothing was placed, so nothing has to reach an agent, unless a pass that
+			// failed after its gateway write left an assignment behind: Unassign clears
+			// it, and is a no-op otherwise.
+			if err := s.gw.Unassign(ctx, gateway.SessionID(cur.ID)); err != nil {
+				return fmt.Errorf("unassigning session %s: %w", cur.ID, err)
 			}
+			b.Queue(`UPDATE sessions SET dispatched_generation = generation WHERE id = $1`, string(cur.ID))
 			continue
 		}
 		var spec json.RawMessage
 		if desired != wire.DesiredDeleted {
 			spec = json.RawMessage(it.spec)
 		}
-		a, err := s.gw.Assign(ctx, gateway.AssignmentInput{SessionID: gateway.SessionID(cur.ID), AgentID: gateway.AgentID(agent),
-			Desired: desired, Spec: spec})
-		if apperr.IsCode(err, apperr.Conflict) {
-			// The outbox still names another agent (a move whose clean-up did not
-			// commit): clear it and try once more.
-			if err := s.unassign(ctx, cur.ID, agent); err != nil {
-				return err
-			}
-			a, err = s.gw.Assign(ctx, gateway.AssignmentInput{SessionID: gateway.SessionID(cur.ID), AgentID: gateway.AgentID(agent),
-				Desired: desired, Spec: spec})
+		// Move: the session row is the truth about placement; an assignment naming
+		// another agent is one the session is leaving, which Move retires there.
+		ins = append(ins, gateway.AssignmentInput{SessionID: gateway.SessionID(cur.ID), AgentID: gateway.AgentID(agent),
+			Desired: desired, Spec: spec, Move: true})
+		dispatch = append(dispatch, target{cur: cur, agent: agent, deleted: it.deleted})
+	}
+	var results []gateway.AssignResult
+	if len(ins) > 0 {
+		if results, err = s.gw.AssignMany(ctx, ins); err != nil {
+			return fmt.Errorf("assigning %d sessions: %w", len(ins), err)
 		}
-		if apperr.IsCode(err, apperr.NotFound) && desired == wire.DesiredDeleted {
+	}
+	var u placements
+	for i, d := range dispatch {
+		cur, agent, r := d.cur, d.agent, results[i]
+		switch {
+		case apperr.IsCode(r.Err, apperr.NotFound) && ins[i].Desired == wire.DesiredDeleted:
 			// The agent itself was deleted: nothing is left to tell.
-			if _, err := tx.Exec(ctx, `UPDATE sessions SET dispatched_generation = generation WHERE id = $1`, string(cur.ID)); err != nil {
-				return err
-			}
+			b.Queue(`UPDATE sessions SET dispatched_generation = generation WHERE id = $1`, string(cur.ID))
 			continue
-		}
-		if err != nil {
-			return fmt.Errorf("assigning session %s to agent %s: %w", cur.ID, agent, err)
+		case apperr.IsCode(r.Err, apperr.NotFound):
+			// The agent was deleted since the candidates were read: the next pass places
+			// the session elsewhere.
+			take(agent, cur, -1)
+			res.Unplaced++
+			continue
+		case r.Err != nil:
+			return fmt.Errorf("assigning session %s to agent %s: %w", cur.ID, agent, r.Err)
 		}
 		placed := cur.AgentID != agent
 		phase, reason, msg := cur.Phase, cur.Reason, cur.Message
-		if cur.Desired == sessions.DesiredRunning && !it.deleted &&
+		if cur.Desired == sessions.DesiredRunning && !d.deleted &&
 			(cur.Phase == sessions.PhasePending || cur.Phase == sessions.PhaseScheduling || cur.Phase == sessions.PhaseHibernated) {
 			phase, reason = sessions.PhaseStarting, sessions.ReasonPlaced
 			name := agent
@@ -376,34 +380,57 @@ func (s *Store) work(ctx context.Context, tx pgx.Tx, cands []scheduler.Candidate
 		var ev *sessions.Event
 		if phase != cur.Phase || placed {
 			ev = event(cur, sessions.EventPlaced, phase, reason, msg, o.Actor)
-		}
-		if err := s.update(ctx, tx, cur, ev, `agent_id = $2, last_agent_id = $2, dispatched_generation = $3, assignment_generation = $4,
-			phase = $5, reason = $6, message = $7, phase_since = CASE WHEN phase <> $5 THEN now() ELSE phase_since END`,
-			agent, cur.Generation, a.Generation, string(phase), reason, msg); err != nil {
-			return err
-		}
-		if ev != nil {
 			res.Placed++
 		} else {
 			res.Delivered++
 		}
+		u.add(ctx, cur, agent, r.Assignment.Generation, phase, reason, msg, ev)
 	}
-	return nil
+	u.queue(b)
+	return tx.SendBatch(ctx, b).Close()
 }
 
-// unassign removes a session's assignment from any agent but keep: the agent it is leaving.
-//
-// TODO(gateway): the gateway's API has no way to move an assignment to another agent
-// (Assign refuses with conflict), so this deletes the outbox row itself, in a transaction
-// of its own (Assign for the new agent would otherwise wait on this row behind the pass's
-// transaction). The old agent, when it returns, no longer finds the session in its full
-// desired set and removes it as an orphan. Replace with the gateway's own call when it has
-// one.
-func (s *Store) unassign(ctx context.Context, id sessions.ID, keep string) error {
-	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `DELETE FROM session_assignments WHERE session_id = $1 AND agent_id <> $2`, string(id), keep)
-		return err
-	})
+// placements collects the pass's dispatched sessions as columns, so that their updates,
+// events and announcements are three statements whatever their number.
+type placements struct {
+	ids, agents, phases, reasons, msgs, notices []string
+	gens, agens                                 []int64
+	events                                      []sessions.Event
+}
+
+func (u *placements) add(ctx context.Context, cur sessions.Session, agent string, agen int64, phase sessions.Phase,
+	reason, msg string, ev *sessions.Event) {
+	u.ids, u.agents, u.gens, u.agens = append(u.ids, string(cur.ID)), append(u.agents, agent), append(u.gens, cur.Generation), append(u.agens, agen)
+	u.phases, u.reasons, u.msgs = append(u.phases, string(phase)), append(u.reasons, reason), append(u.msgs, msg)
+	u.notices = append(u.notices, sesspg.ChangePayload(ctx, cur))
+	if ev != nil {
+		u.events = append(u.events, *ev)
+	}
+}
+
+func (u *placements) queue(b *pgx.Batch) {
+	if len(u.ids) == 0 {
+		return
+	}
+	b.Queue(`UPDATE sessions AS s SET agent_id = u.agent, last_agent_id = u.agent, dispatched_generation = u.gen,
+			assignment_generation = u.agen, phase = u.phase, reason = u.reason, message = u.msg,
+			phase_since = CASE WHEN s.phase <> u.phase THEN now() ELSE s.phase_since END, updated_at = now()
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[])
+			AS u(id, agent, gen, agen, phase, reason, msg)
+		WHERE s.id = u.id`, u.ids, u.agents, u.gens, u.agens, u.phases, u.reasons, u.msgs)
+	sesspg.QueueEvents(b, u.events)
+	sesspg.QueueNotifyChanges(b, u.notices)
+}
+
+// queueUpdate queues a change of the locked session cur with set (parameters from $2),
+// its announcement and, with ev, its event.
+func queueUpdate(ctx context.Context, b *pgx.Batch, cur sessions.Session, ev *sessions.Event, set string, args ...any) {
+	b.Queue(`UPDATE sessions SET `+set+`, updated_at = now() WHERE id = $1`, append([]any{string(cur.ID)}, args...)...)
+	// The notice names the session and its owner, which no update changes.
+	sesspg.QueueNotifyChange(ctx, b, cur)
+	if ev != nil {
+		sesspg.QueueEvent(b, *ev)
+	}
 }
 
 // extraRow scans Columns and then extra destinations from one row.

@@ -105,6 +105,8 @@ func New(deps server.Deps, cfg Config) (*Module, error) {
 		svc = sessions.Instrumenting(deps.Registry)(svc)
 	}
 	hub := sessions.NewHub()
+	// The controller reads only session statuses from the gateway's store, never an
+	// agent's aged state, so the thresholds do not matter here (the scheduler's do).
 	ctrl := NewController(store, gwpostgres.New(deps.DB, gwpostgres.Thresholds{}), hub, cfg, deps.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Module{

@@ -26,7 +26,8 @@ import (
 
 // Store implements sessions.Store.
 type Store struct {
-	db *tenantdb.DB
+	db    *tenantdb.DB
+	group group
 }
 
 var _ sessions.Store = (*Store)(nil)
@@ -94,14 +95,49 @@ func InsertEvent(ctx context.Context, tx pgx.Tx, e sessions.Event) error {
 // so that a placement costs one round trip, not one per statement.
 func QueueEvent(b *pgx.Batch, e sessions.Event) { b.Queue(insertEvent, eventArgs(e)...) }
 
+// QueueEvents is QueueEvent for many events, in one statement.
+func QueueEvents(b *pgx.Batch, es []sessions.Event) {
+	if len(es) == 0 {
+		return
+	}
+	cols := make([][]string, 7)
+	gens := make([]int64, len(es))
+	for i, e := range es {
+		for j, v := range []string{string(e.SessionID), e.Kind, string(e.Phase), string(e.Desired), e.Reason, e.Message, e.Actor} {
+			cols[j] = append(cols[j], v)
+		}
+		gens[i] = e.Generation
+	}
+	b.Queue(`INSERT INTO session_events (session_id, kind, phase, desired, generation, reason, message, actor)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[])`,
+		cols[0], cols[1], cols[2], cols[3], gens, cols[4], cols[5], cols[6])
+}
+
 // QueueNotifyChange is NotifyChange for a batch.
 func QueueNotifyChange(ctx context.Context, b *pgx.Batch, s sessions.Session) {
-	b.Queue(`SELECT pg_notify($1, $2)`, sessions.ChangeChannel, changePayload(ctx, s))
+	b.Queue(`SELECT pg_notify($1, $2)`, sessions.ChangeChannel, ChangePayload(ctx, s))
+}
+
+// QueueNotifyChanges announces many changes, with payloads from ChangePayload, in one
+// statement.
+func QueueNotifyChanges(b *pgx.Batch, payloads []string) {
+	if len(payloads) > 0 {
+		b.Queue(`SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`, sessions.ChangeChannel, payloads)
+	}
 }
 
 // Audit records a lifecycle action in the tenant's audit log.
 func Audit(ctx context.Context, tx pgx.Tx, actor, action string, id sessions.ID, details map[string]any) error {
-	b, err := json.Marshal(details)
+	b := &pgx.Batch{}
+	if err := queueAudit(ctx, b, actor, action, id, details); err != nil {
+		return err
+	}
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// queueAudit is Audit for a batch.
+func queueAudit(ctx context.Context, b *pgx.Batch, actor, action string, id sessions.ID, details map[string]any) error {
+	d, err := json.Marshal(details)
 	if err != nil {
 		return err
 	}
@@ -109,18 +145,19 @@ func Audit(ctx context.Context, tx pgx.Tx, actor, action string, id sessions.ID,
 	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
 		traceID = sc.TraceID().String()
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO audit_log (actor, action, target, trace_id, details) VALUES ($1, $2, $3, $4, $5::jsonb)`,
-		actor, action, "session:"+string(id), traceID, string(b))
-	return err
+	b.Queue(`INSERT INTO audit_log (actor, action, target, trace_id, details) VALUES ($1, $2, $3, $4, $5::jsonb)`,
+		actor, action, "session:"+string(id), traceID, string(d))
+	return nil
 }
 
 // NotifyChange announces a change of s on sessions.ChangeChannel when tx commits.
 func NotifyChange(ctx context.Context, tx pgx.Tx, s sessions.Session) error {
-	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.ChangeChannel, changePayload(ctx, s))
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, sessions.ChangeChannel, ChangePayload(ctx, s))
 	return err
 }
 
-func changePayload(ctx context.Context, s sessions.Session) string {
+// ChangePayload is the payload announcing a change of s on sessions.ChangeChannel.
+func ChangePayload(ctx context.Context, s sessions.Session) string {
 	tid, _ := tenant.FromContext(ctx)
 	return string(tid) + ":" + string(s.ID) + ":" + s.Owner
 }
@@ -132,11 +169,19 @@ func NotifyWork(ctx context.Context, tx pgx.Tx) error {
 	return err
 }
 
+// settingsSQL reads the tenant's stored session settings ($1: sessions.SettingsKey).
+const settingsSQL = `SELECT value FROM settings WHERE key = $1`
+
 // settings reads the tenant's settings with the defaults applied.
 func settings(ctx context.Context, tx pgx.Tx) (sessions.Settings, error) {
+	return decodeSettings(tx.QueryRow(ctx, settingsSQL, sessions.SettingsKey))
+}
+
+// decodeSettings scans a settingsSQL row and applies the defaults.
+func decodeSettings(row pgx.Row) (sessions.Settings, error) {
 	var st sessions.Settings
 	var raw []byte
-	err := tx.QueryRow(ctx, `SELECT value FROM settings WHERE key = $1`, sessions.SettingsKey).Scan(&raw)
+	err := row.Scan(&raw)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
@@ -149,12 +194,19 @@ func settings(ctx context.Context, tx pgx.Tx) (sessions.Settings, error) {
 	return st.WithDefaults(), nil
 }
 
+// userQuotaSQL reads a user's quota override ($1: the user).
+const userQuotaSQL = `SELECT max_sessions, max_cpu_millis, max_memory_bytes FROM session_user_quotas WHERE user_id = $1`
+
 // userQuota is the user's effective quota: the tenant's per-user default with the user's
 // override applied.
 func userQuota(ctx context.Context, tx pgx.Tx, st sessions.Settings, user string) (sessions.Quota, error) {
+	return decodeUserQuota(tx.QueryRow(ctx, userQuotaSQL, user), st)
+}
+
+// decodeUserQuota scans a userQuotaSQL row and merges it over the tenant's default.
+func decodeUserQuota(row pgx.Row, st sessions.Settings) (sessions.Quota, error) {
 	var o sessions.Quota
-	err := tx.QueryRow(ctx, `SELECT max_sessions, max_cpu_millis, max_memory_bytes FROM session_user_quotas WHERE user_id = $1`,
-		user).Scan(&o.MaxSessions, &o.MaxCPUMillis, &o.MaxMemoryBytes)
+	err := row.Scan(&o.MaxSessions, &o.MaxCPUMillis, &o.MaxMemoryBytes)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return o, err
 	}
@@ -186,6 +238,12 @@ func charge(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64, tail .
 	if err != nil {
 		return err
 	}
+	return chargeWith(ctx, tx, st, uq, owner, cpu, mem, tail...)
+}
+
+// chargeWith is charge with the tenant's settings and the owner's quota already read (in
+// tx).
+func chargeWith(ctx context.Context, tx pgx.Tx, st sessions.Settings, uq sessions.Quota, owner string, cpu, mem int64, tail ...queued) error {
 	one := sessions.Usage{Sessions: 1, CPUMillis: cpu, MemoryBytes: mem}
 	subjects := []struct {
 		subject, who string
@@ -248,7 +306,7 @@ func notifications(ctx context.Context, s sessions.Session) []queued {
 	tid, _ := tenant.FromContext(ctx)
 	return []queued{
 		{`SELECT pg_notify($1, $2)`, []any{sessions.WorkChannel, string(tid)}},
-		{`SELECT pg_notify($1, $2)`, []any{sessions.ChangeChannel, changePayload(ctx, s)}},
+		{`SELECT pg_notify($1, $2)`, []any{sessions.ChangeChannel, ChangePayload(ctx, s)}},
 	}
 }
 
@@ -279,8 +337,38 @@ func release(ctx context.Context, tx pgx.Tx, owner string, cpu, mem int64) error
 	return nil
 }
 
-// Create implements sessions.Store.
+// Create implements sessions.Store. Creates without an idempotency key commit in groups
+// (see group); a key's claim is its own transaction's business, so those commit alone.
 func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.Idempotency, actor string) (sessions.Session, bool, error) {
+	if idem == nil {
+		out, err := s.createGrouped(ctx, rec, actor)
+		return out, false, err
+	}
+	return s.createAlone(ctx, rec, idem, actor)
+}
+
+// queueInsert queues the insert of rec's session, returning Columns.
+func queueInsert(b *pgx.Batch, rec sessions.Record) {
+	n := rec.Session
+	b.Queue(`INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
+			spec, cpu_millis, memory_bytes, agent_tags, tags, desired, generation, phase, reason,
+			idle_timeout_seconds, max_duration_seconds)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16)
+		RETURNING `+Columns, string(n.ID), n.Owner, n.Name, n.Template, n.TemplateScope, n.TemplateVersion,
+		string(rec.Spec), n.CPUMillis, n.MemoryBytes, n.AgentTags, n.Tags, string(n.Desired), string(n.Phase), n.Reason,
+		n.IdleTimeoutSeconds, n.MaxDurationSeconds)
+}
+
+// queueCreated queues the creation event of the new session n.
+func queueCreated(b *pgx.Batch, n sessions.Session, actor string) {
+	QueueEvent(b, sessions.Event{SessionID: n.ID, Kind: sessions.EventCreated, Phase: n.Phase,
+		Desired: n.Desired, Generation: 1, Reason: sessions.ReasonCreated,
+		Message: fmt.Sprintf("created from template %s (%s, version %d)", n.Template, n.TemplateScope, n.TemplateVersion),
+		Actor:   actor})
+}
+
+// createAlone is Create in a transaction of its own.
+func (s *Store) createAlone(ctx context.Context, rec sessions.Record, idem *sessions.Idempotency, actor string) (sessions.Session, bool, error) {
 	var (
 		out      sessions.Session
 		replayed bool
@@ -314,37 +402,49 @@ func (s *Store) Create(ctx context.Context, rec sessions.Record, idem *sessions.
 				return notFound(err)
 			}
 		}
+		// Everything up to the charge goes in one pipelined round trip: the row, its
+		// event, the audit entry, and the settings and quota the charge checks against.
+		b := &pgx.Batch{}
+		queueInsert(b, rec)
+		if idem != nil {
+			b.Queue(`UPDATE session_idempotency SET session_id = $3 WHERE owner_id = $1 AND key = $2`, n.Owner, idem.Key, string(n.ID))
+		}
+		queueCreated(b, n, actor)
+		if err := queueAudit(ctx, b, actor, "session.create", n.ID, map[string]any{"template": n.Template,
+			"cpu_millis": n.CPUMillis, "memory_bytes": n.MemoryBytes}); err != nil {
+			return err
+		}
+		b.Queue(settingsSQL, sessions.SettingsKey)
+		b.Queue(userQuotaSQL, n.Owner)
+		br := tx.SendBatch(ctx, b)
 		var err error
-		out, err = Scan(tx.QueryRow(ctx, `INSERT INTO sessions (id, owner_id, name, template, template_scope, template_version,
-				spec, cpu_millis, memory_bytes, agent_tags, tags, desired, generation, phase, reason,
-				idle_timeout_seconds, max_duration_seconds)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16)
-			RETURNING `+Columns, string(n.ID), n.Owner, n.Name, n.Template, n.TemplateScope, n.TemplateVersion,
-			string(rec.Spec), n.CPUMillis, n.MemoryBytes, n.AgentTags, n.Tags, string(n.Desired), string(n.Phase), n.Reason,
-			n.IdleTimeoutSeconds, n.MaxDurationSeconds))
-		if err != nil {
+		if out, err = Scan(br.QueryRow()); err != nil {
+			br.Close()
 			return fmt.Errorf("inserting session: %w", err)
 		}
-		if idem != nil {
-			if _, err := tx.Exec(ctx, `UPDATE session_idempotency SET session_id = $3 WHERE owner_id = $1 AND key = $2`,
-				n.Owner, idem.Key, string(out.ID)); err != nil {
+		for range b.Len() - 3 { // the idempotency record, the event, the audit entry
+			if _, err := br.Exec(); err != nil {
+				br.Close()
 				return err
 			}
 		}
-		if err := InsertEvent(ctx, tx, sessions.Event{SessionID: out.ID, Kind: sessions.EventCreated, Phase: out.Phase,
-			Desired: out.Desired, Generation: out.Generation, Reason: sessions.ReasonCreated,
-			Message: fmt.Sprintf("created from template %s (%s, version %d)", out.Template, out.TemplateScope, out.TemplateVersion),
-			Actor:   actor}); err != nil {
+		st, err := decodeSettings(br.QueryRow())
+		if err != nil {
+			br.Close()
 			return err
 		}
-		if err := Audit(ctx, tx, actor, "session.create", out.ID, map[string]any{"template": out.Template,
-			"cpu_millis": out.CPUMillis, "memory_bytes": out.MemoryBytes}); err != nil {
+		uq, err := decodeUserQuota(br.QueryRow(), st)
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
 			return err
 		}
 		// The charge comes last, with the notifications: its usage rows are the tenant's
 		// one point of contention (see charge), so they are locked only from here to the
 		// commit, not for the inserts above.
-		return charge(ctx, tx, n.Owner, n.CPUMillis, n.MemoryBytes, notifications(ctx, out)...)
+		return chargeWith(ctx, tx, st, uq, n.Owner, n.CPUMillis, n.MemoryBytes, notifications(ctx, out)...)
 	})
 	return out, replayed, err
 }
