@@ -288,6 +288,9 @@ type Store interface {
 	SessionStatus(ctx context.Context, id SessionID) (SessionStatus, error)
 	// AgentSessionStatus lists an agent's sessions' statuses (tenant-scoped).
 	AgentSessionStatus(ctx context.Context, id AgentID) ([]SessionStatus, error)
+	// RecordTraffic adds each session's bytes to its traffic record and stamps its last
+	// traffic time, in one statement (tenant-scoped).
+	RecordTraffic(ctx context.Context, ts []Traffic) error
 
 	// CA returns the newest stored CA (platform). NotFound when there is none.
 	CA(ctx context.Context) (StoredCA, error)
