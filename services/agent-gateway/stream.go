@@ -106,6 +106,7 @@ type streams struct {
 type streamMetrics struct {
 	streams *prometheus.CounterVec
 	open    prometheus.Gauge
+	opened  prometheus.Counter
 	bytes   *prometheus.CounterVec
 }
 
@@ -115,6 +116,8 @@ func newStreamMetrics(reg prometheus.Registerer) streamMetrics {
 			Help: "Session stream requests, by result: ok, upgrade_failed, or the error code that refused them."}, []string{"result"})),
 		open: reuse(reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: "agent_gateway_session_streams",
 			Help: "Session streams open on this replica."})),
+		opened: reuse(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_session_streams_opened_total",
+			Help: "Session streams opened on agents' tunnels, whatever the agent answered."})),
 		bytes: reuse(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agent_gateway_session_stream_bytes_total",
 			Help: "Session stream bytes recorded, by direction: in (from browsers) and out (to browsers)."}, []string{"direction"})),
 	}
@@ -199,10 +202,10 @@ func (s *streams) open(ctx context.Context, id SessionID, port string) (*quic.St
 	if err != nil {
 		return nil, nil, err
 	}
-	if t.Agent == "" {
+	switch {
+	case t.Agent == "":
 		return nil, nil, apperr.New(apperr.Conflict, "the session is %s and not placed on an agent", t.Phase)
-	}
-	if !t.Running() {
+	case !t.Running():
 		return nil, nil, apperr.New(apperr.Conflict, "the session is %s, not Running", t.Phase)
 	}
 	hdr := &wire.SessionStreamHeader{SessionID: id, Port: t.Port}
@@ -223,6 +226,7 @@ func (s *streams) open(ctx context.Context, id SessionID, port string) (*quic.St
 	if c == nil || c.id.Tenant != p.Tenant {
 		return nil, nil, s.notHere(ctx, t.Agent)
 	}
+	s.m.opened.Inc()
 	st, err := c.openSessionStream(ctx, hdr)
 	if err != nil {
 		return nil, nil, err
