@@ -26,8 +26,8 @@ import (
 // plane is the all-in-one control plane running on a real socket and a fresh real
 // database for one test; the flow tests drive it only through its HTTP API.
 type plane struct {
-	t       testing.TB
-	Env     *tenantstest.Env
+	t        testing.TB
+	Env      *tenantstest.Env
 	Base     string
 	Gateway  *gateway.Module
 	Sessions *sessions.Module

@@ -381,7 +381,7 @@ func TestSlowViewerDoesNotStallAnother(t *testing.T) {
 // controller's Tick and the gateway's flush are driven by the test.
 func TestTrafficKeepsASessionAwake(t *testing.T) {
 	w := newStreamWorld(t, func(s *streamspace.Settings) {
-		s.Sessions.Interval = time.Hour   // only the test ticks
+		s.Sessions.Interval = time.Hour    // only the test ticks
 		s.Gateway.TrafficFlush = time.Hour // only the test flushes
 	})
 	busy, idle := w.running(t, w.owner), w.running(t, w.owner)
