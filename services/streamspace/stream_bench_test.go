@@ -15,9 +15,6 @@ import (
 
 	"streamspace.dev/agent/backend/memory"
 	"streamspace.dev/libs/wire"
-	gateway "streamspace.dev/services/agent-gateway"
-	"streamspace.dev/services/identity"
-	"streamspace.dev/services/sessions"
 )
 
 // BenchmarkStreamPath measures a session stream through the whole path — browser
@@ -27,26 +24,9 @@ import (
 // trips (64 bytes, 2,000). It reports each figure for both paths and the ratio
 // gateway/direct (throughput: direct/gateway, so both ratios read "times worse").
 func BenchmarkStreamPath(b *testing.B) {
-	p := startPlane(b)
-	var signup identity.SignupResult
-	p.call("POST", "/api/v1/signup", "", identity.Signup{TenantName: "Hooli", Slug: "hooli", Email: "g@hooli.test", Password: "a long enough passphrase"}, nil, &signup, 201)
-	owner := signup.Tokens.AccessToken
-	var tok identity.CreatedEnrollmentToken
-	p.call("POST", "/api/v1/enrollment-tokens", owner, identity.NewEnrollmentToken{Name: "bench"}, nil, &tok, 201)
-	mem := memory.New(memory.Config{Allocatable: wire.Capacity{CPUAllocatableMillis: 1 << 40, MemoryAllocatableBytes: 1 << 60}})
-	b.Cleanup(mem.Close)
-	runAgent(b, p.Gateway.Gateway().Addr(), p.Base+gateway.EnrollPath, tok.Token, mem)
-	w := &streamWorld{plane: p, mem: mem, owner: owner}
-	var s sessions.Session
-	p.call("POST", "/api/v1/sessions", owner, sessions.NewSession{Template: "firefox"}, nil, &s, 201)
-	deadline := time.Now().Add(30 * time.Second)
-	for s.Phase != sessions.PhaseRunning {
-		if time.Now().After(deadline) {
-			b.Fatalf("session is %s", s.Phase)
-		}
-		time.Sleep(50 * time.Millisecond)
-		p.call("GET", "/api/v1/sessions/"+string(s.ID), owner, nil, nil, &s, 200)
-	}
+	w := newStreamWorld(b, nil)
+	mem, owner := w.mem, w.owner
+	s := w.running(b, owner)
 
 	ctx := context.Background()
 	direct := func() net.Conn {

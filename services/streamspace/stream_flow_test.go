@@ -38,7 +38,7 @@ type streamWorld struct {
 	other string
 }
 
-func newStreamWorld(t *testing.T, set func(*streamspace.Settings)) *streamWorld {
+func newStreamWorld(t testing.TB, set func(*streamspace.Settings)) *streamWorld {
 	t.Helper()
 	p := startPlaneWith(t, set)
 	w := &streamWorld{plane: p}
@@ -62,14 +62,14 @@ func newStreamWorld(t *testing.T, set func(*streamspace.Settings)) *streamWorld 
 }
 
 // running creates a session as token and waits until it runs.
-func (w *streamWorld) running(t *testing.T, token string) sessions.Session {
+func (w *streamWorld) running(t testing.TB, token string) sessions.Session {
 	t.Helper()
 	var s sessions.Session
 	w.call("POST", "/api/v1/sessions", token, sessions.NewSession{Template: "firefox"}, nil, &s, 201)
 	return w.waitPhase(t, token, s.ID, sessions.PhaseRunning)
 }
 
-func (w *streamWorld) waitPhase(t *testing.T, token string, id sessions.ID, want sessions.Phase) sessions.Session {
+func (w *streamWorld) waitPhase(t testing.TB, token string, id sessions.ID, want sessions.Phase) sessions.Session {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
