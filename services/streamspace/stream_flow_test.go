@@ -218,6 +218,7 @@ func TestStreamCarriesSessionBytes(t *testing.T) {
 func TestStreamRefusals(t *testing.T) {
 	w := newStreamWorld(t, nil)
 	owners := w.running(t, w.owner)
+	orphaned := w.running(t, w.owner) // its agent goes away at the end
 	opened := w.streamsOpened(t)
 
 	forged := strings.Split(w.owner, ".")
@@ -286,6 +287,22 @@ func TestStreamRefusals(t *testing.T) {
 		_, err := w.dial(t, owners.ID, w.owner, "")
 		if e, ok := apperr.As(err); !ok || e.Code != apperr.Conflict || !strings.Contains(e.Message, "Hibernated") {
 			t.Fatalf("got %v, want conflict: Hibernated", err)
+		}
+	})
+	t.Run("the agent is not connected", func(t *testing.T) {
+		// Revoking closes the tunnel at once; the session still shows Running until the
+		// agent is declared lost.
+		w.Gateway.Gateway().Revoke(gateway.AgentID(orphaned.AgentID))
+		deadline := time.Now().Add(10 * time.Second)
+		for w.Gateway.Gateway().Connected(gateway.AgentID(orphaned.AgentID)) {
+			if time.Now().After(deadline) {
+				t.Fatal("the revoked tunnel stayed up")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		_, err := w.dial(t, orphaned.ID, w.owner, "")
+		if e, ok := apperr.As(err); !ok || e.Code != apperr.Unavailable || e.RetryAfter <= 0 || !strings.Contains(e.Message, "not connected") {
+			t.Fatalf("got %#v, want unavailable: not connected, with a retry time", err)
 		}
 	})
 	// The problem body reaches API clients as JSON with its code.
