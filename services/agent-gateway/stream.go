@@ -24,7 +24,11 @@ import (
 // StreamPath is the browser's way into a session: a WebSocket whose binary messages carry
 // the session's stream bytes (VNC) both ways. It lives under its own prefix, beside the
 // admin API, so an edge routes /api/v1/streams/ to the gateway as it routes
-// /api/v1/agents/; /api/v1/sessions/ belongs to the sessions service.
+// /api/v1/agents/; /api/v1/sessions/ belongs to the sessions service. The caller must
+// be allowed to see the session (its owner, or an admin or owner of its tenant) and hold
+// the sessions:write scope, because a viewer can type into the session. The optional
+// query parameter port names another port of the session (by name or number) than its
+// stream endpoint.
 const StreamPath = "/api/v1/streams/{session}"
 
 // Subprotocols of the stream WebSocket. A browser cannot set an Authorization header on
