@@ -61,6 +61,11 @@ type Config struct {
 	KeepAlive, IdleTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff of unacknowledged work.
 	RetryMin, RetryMax time.Duration
+	// TrafficFlush is how often session traffic is recorded (DefaultTrafficFlush).
+	TrafficFlush time.Duration
+	// SessionsURL is the sessions service's base URL, for a standalone gateway to look up
+	// the sessions browsers stream; the all-in-one binary asks it in-process.
+	SessionsURL string
 
 	// serverNames holds the raw --agent-server-names until withDefaults splits it.
 	serverNames *string
@@ -72,6 +77,7 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	if kek {
 		config.String(fs, &c.KEK, "kek", "STREAMSPACE_KEK", "", "base64 32-byte key-encryption key that seals the agent CA key in the database (required)")
 		config.String(fs, &c.IdentityURL, "identity-url", "STREAMSPACE_IDENTITY_URL", "", "identity's base URL, for consuming enrollment tokens (required standalone)")
+		config.String(fs, &c.SessionsURL, "sessions-url", "STREAMSPACE_SESSIONS_URL", "", "the sessions service's base URL, for session streams (required standalone)")
 	}
 	config.String(fs, &c.Listen, "agent-listen", "STREAMSPACE_AGENT_LISTEN", DefaultListen, "agents' address: QUIC tunnel on UDP, HTTPS enrollment on TCP, same port")
 	var names string
@@ -86,6 +92,7 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often pending work is re-read without a notification")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
+	config.Duration(fs, &c.TrafficFlush, "traffic-flush", "STREAMSPACE_TRAFFIC_FLUSH", DefaultTrafficFlush, "how often session traffic (bytes, last activity) is written to the database")
 	c.serverNames = &names
 }
 
@@ -115,6 +122,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.IdleTimeout, DefaultIdleTimeout)
 	def(&c.RetryMin, DefaultRetryMin)
 	def(&c.RetryMax, DefaultRetryMax)
+	def(&c.TrafficFlush, DefaultTrafficFlush)
 	return c
 }
 

@@ -28,6 +28,19 @@
 // owner heartbeat, and closes it. Every write an agent's connection makes about the agent
 // itself is fenced on still owning the row, so a superseded connection cannot overwrite
 // what the newer one reported.
+//
+// # Session streams
+//
+// A browser reaches a session's stream (VNC) with a WebSocket to StreamPath (stream.go).
+// The gateway authenticates the caller's access token, asks the sessions service whether
+// the caller may see the session and where it runs (SessionFinder), opens a session
+// stream on the agent's tunnel and, once the agent has reached the session, pipes bytes
+// both ways with fixed buffers: QUIC's per-stream flow control pushes back on a slow
+// viewer without stalling the tunnel's other streams. Every refusal happens before the
+// upgrade, as problem+json. The bytes are counted per session in memory and recorded in
+// the tenant's session_traffic table in batches (traffic.go), which the sessions
+// service's idle timer reads as activity. A stream for an agent whose tunnel another
+// replica holds is refused as retryable (forwarding to the owner is not built yet).
 package gateway
 
 import (
@@ -328,6 +341,9 @@ type Store interface {
 	SessionStatus(ctx context.Context, id SessionID) (SessionStatus, error)
 	// AgentSessionStatus lists an agent's sessions' statuses (tenant-scoped).
 	AgentSessionStatus(ctx context.Context, id AgentID) ([]SessionStatus, error)
+	// RecordTraffic adds each session's bytes to its traffic record and stamps its last
+	// traffic time, in one statement (tenant-scoped).
+	RecordTraffic(ctx context.Context, ts []Traffic) error
 
 	// CA returns the newest stored CA (platform). NotFound when there is none.
 	CA(ctx context.Context) (StoredCA, error)

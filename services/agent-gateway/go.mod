@@ -3,6 +3,7 @@ module streamspace.dev/services/agent-gateway
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/go-kit/kit v0.13.0
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/prometheus/client_golang v1.25.0

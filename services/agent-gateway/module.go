@@ -12,15 +12,21 @@ import (
 // Module mounts the agent-gateway on a server: the admin API on the shared mux, the
 // tunnel and enrollment listeners on the agents' address.
 type Module struct {
-	gw     *Gateway
-	svc    Service
-	routes []Route
+	gw      *Gateway
+	svc     Service
+	routes  []Route
+	streams *streams
+	// stopMeter ends the traffic meter's loop (after a last flush); meterDone closes then.
+	stopMeter context.CancelFunc
+	meterDone chan struct{}
 }
 
 // New builds the gateway from the shared dependencies: store is its Store (package
 // postgres), enroller consumes enrollment tokens (identity in-process, or
-// NewHTTPEnroller). It starts listening at once; Close drains it.
-func New(d server.Deps, cfg Config, store Store, enroller Enroller) (*Module, error) {
+// NewHTTPEnroller), sessions finds the sessions browsers stream (the sessions service
+// in-process, or NewHTTPSessions; nil refuses streams). It starts listening at once;
+// Close drains it.
+func New(d server.Deps, cfg Config, store Store, enroller Enroller, sessions SessionFinder) (*Module, error) {
 	if d.Verifier == nil {
 		return nil, errors.New("agent-gateway: no token verifier (set --jwks-url)")
 	}
@@ -33,7 +39,16 @@ func New(d server.Deps, cfg Config, store Store, enroller Enroller) (*Module, er
 	}
 	svc := NewService(store, gw.Revoke)
 	eps := MakeEndpoints(svc, Logging(d.Logger), Metrics(d.Registry))
-	return &Module{gw: gw, svc: svc, routes: Routes(eps, d.Verifier, d.Logger)}, nil
+	sm := newStreamMetrics(d.Registry)
+	st := &streams{gw: gw, sessions: sessions, verifier: d.Verifier, log: gw.log, m: sm,
+		meter: newMeter(store, gw.log, sm.bytes)}
+	mctx, stop := context.WithCancel(context.Background())
+	m := &Module{gw: gw, svc: svc, routes: Routes(eps, d.Verifier, d.Logger), streams: st, stopMeter: stop, meterDone: make(chan struct{})}
+	go func() {
+		defer close(m.meterDone)
+		st.meter.run(mctx, gw.cfg.TrafficFlush)
+	}()
+	return m, nil
 }
 
 // Name implements server.Module.
@@ -46,6 +61,7 @@ func (m *Module) Register(mux *http.ServeMux) {
 		mux.Handle(r.Pattern, r.handler)
 	}
 	mux.Handle("POST "+EnrollPath, m.gw.EnrollHTTP())
+	mux.Handle("GET "+StreamPath, m.streams)
 	// The CA is public: the portal shows it, and agents need it to trust the enrollment
 	// listener before they hold any credential.
 	mux.HandleFunc("GET "+CAPath, func(w http.ResponseWriter, _ *http.Request) {
@@ -61,5 +77,18 @@ func (m *Module) Service() Service { return m.svc }
 // Gateway returns the tunnel endpoint.
 func (m *Module) Gateway() *Gateway { return m.gw }
 
-// Close implements server.Closer: agents are told to reconnect elsewhere.
-func (m *Module) Close(ctx context.Context) error { return m.gw.Close(ctx) }
+// FlushTraffic records the session traffic counted so far now, instead of at the next
+// interval: for tests that drive the idle timer.
+func (m *Module) FlushTraffic(ctx context.Context) error { return m.streams.meter.flush(ctx) }
+
+// Close implements server.Closer: agents are told to reconnect elsewhere, which ends
+// their session streams, and the traffic they carried is recorded.
+func (m *Module) Close(ctx context.Context) error {
+	err := m.gw.Close(ctx)
+	m.stopMeter()
+	select {
+	case <-m.meterDone:
+	case <-ctx.Done():
+	}
+	return err
+}

@@ -25,7 +25,7 @@ func TestAdminAPI(t *testing.T) {
 	signer := authtest.NewSigner(t)
 	deps := server.Deps{DB: h.env.DB, Logger: testLogger(), Registry: prometheus.NewRegistry(), Verifier: signer.Verifier(t)}
 	cfg := fastConfig()
-	m, err := gateway.New(deps, cfg, postgres.New(h.env.DB, postgres.Thresholds{}), nil)
+	m, err := gateway.New(deps, cfg, postgres.New(h.env.DB, postgres.Thresholds{}), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,6 +119,18 @@ func (h hooked) Apply(ctx context.Context, set []wire.Assignment) []error {
 // runBenchAgent enrolls an agent with token and runs it until the benchmark ends: the
 // parts of daemon.Run, over a memory backend with room for every session.
 func runBenchAgent(b *testing.B, addr, enrollURL, token string) *applied {
+	seen := &applied{at: map[wire.SessionID]time.Time{}, changed: make(chan struct{})}
+	mem := memory.New(memory.Config{Allocatable: wire.Capacity{CPUAllocatableMillis: 1 << 40, MemoryAllocatableBytes: 1 << 60}})
+	b.Cleanup(mem.Close)
+	runAgent(b, addr, enrollURL, token, hooked{Backend: mem, seen: seen})
+	return seen
+}
+
+// runAgent enrolls an agent with token and runs it over backend until the test or
+// benchmark ends: the parts of daemon.Run, which builds its backend inside and so offers
+// no way to hold it.
+func runAgent(b testing.TB, addr, enrollURL, token string, backend agent.Backend) {
+	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.DiscardHandler)
 	store := enroll.Store{Dir: b.TempDir()}
@@ -139,9 +151,6 @@ func runBenchAgent(b *testing.B, addr, enrollURL, token string) *applied {
 		cancel()
 		b.Fatal("enrollment saved no gateway CA")
 	}
-	seen := &applied{at: map[wire.SessionID]time.Time{}, changed: make(chan struct{})}
-	mem := memory.New(memory.Config{Allocatable: wire.Capacity{CPUAllocatableMillis: 1 << 40, MemoryAllocatableBytes: 1 << 60}})
-	backend := hooked{Backend: mem, seen: seen}
 	rec := reconcile.New(backend, log)
 	if err := rec.Start(ctx); err != nil {
 		cancel()
@@ -156,7 +165,5 @@ func runBenchAgent(b *testing.B, addr, enrollURL, token string) *applied {
 		cancel()
 		<-done
 		rec.Wait()
-		mem.Close()
 	})
-	return seen
 }

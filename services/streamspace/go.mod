@@ -3,6 +3,7 @@ module streamspace.dev/services/streamspace
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/jackc/pgx/v5 v5.12.0
 	streamspace.dev/libs v0.0.0
 	streamspace.dev/services/agent-gateway v0.0.0

@@ -18,6 +18,7 @@ import (
 	"streamspace.dev/libs/server"
 	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/identity"
+	sessions "streamspace.dev/services/sessions/module"
 	"streamspace.dev/services/streamspace"
 	"streamspace.dev/tenants/tenantstest"
 )
@@ -25,16 +26,27 @@ import (
 // plane is the all-in-one control plane running on a real socket and a fresh real
 // database for one test; the flow tests drive it only through its HTTP API.
 type plane struct {
-	t       testing.TB
-	Env     *tenantstest.Env
-	Base    string
-	Gateway *gateway.Module
+	t        testing.TB
+	Env      *tenantstest.Env
+	Base     string
+	Gateway  *gateway.Module
+	Sessions *sessions.Module
 }
 
 // startPlane runs every service in-process, as `streamspace serve --migrate` does, and
 // waits until /readyz answers. It stops when the test or benchmark ends.
 func startPlane(t testing.TB) *plane {
 	t.Helper()
+	return startPlaneWith(t, nil)
+}
+
+// startPlaneWith is startPlane with the services' settings changed by set, if not nil.
+func startPlaneWith(t testing.TB, set func(*streamspace.Settings)) *plane {
+	t.Helper()
+	settings := streamspace.Settings{Identity: identity.Config{KEK: testKEK}}
+	if set != nil {
+		set(&settings)
+	}
 	env := tenantstest.New(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -43,6 +55,7 @@ func startPlane(t testing.TB) *plane {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var gw atomic.Pointer[gateway.Module]
+	var sm atomic.Pointer[sessions.Module]
 	go func() {
 		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
 			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 20, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
@@ -50,10 +63,13 @@ func startPlane(t testing.TB) *plane {
 				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 			}},
 			func(d server.Deps) ([]server.Module, error) {
-				mods, err := streamspace.Modules(d, identity.Config{KEK: testKEK})
+				mods, err := streamspace.ModulesWith(d, settings)
 				for _, m := range mods {
-					if g, ok := m.(*gateway.Module); ok {
-						gw.Store(g)
+					switch m := m.(type) {
+					case *gateway.Module:
+						gw.Store(m)
+					case *sessions.Module:
+						sm.Store(m)
 					}
 				}
 				return mods, err
@@ -77,7 +93,7 @@ func startPlane(t testing.TB) *plane {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				p.Gateway = gw.Load()
+				p.Gateway, p.Sessions = gw.Load(), sm.Load()
 				return p
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"streamspace.dev/services/identity"
 	idpostgres "streamspace.dev/services/identity/postgres"
 	scheduler "streamspace.dev/services/scheduler/module"
+	sessionsvc "streamspace.dev/services/sessions"
 	sessions "streamspace.dev/services/sessions/module"
 	"streamspace.dev/tenants"
 )
@@ -56,6 +57,7 @@ func ModulesWith(d server.Deps, set Settings) ([]server.Module, error) {
 		set.Scheduler.AgentDegradedAfter, set.Scheduler.AgentOfflineAfter = g.DegradedAfter, g.OfflineAfter
 	}
 	var idm *identity.Module
+	var sm *sessions.Module
 	builders := []func(server.Deps) (server.Module, error){
 		func(dd server.Deps) (server.Module, error) {
 			m, err := identity.New(dd, idcfg, idpostgres.New(dd.DB))
@@ -70,8 +72,12 @@ func ModulesWith(d server.Deps, set Settings) ([]server.Module, error) {
 		},
 		func(d server.Deps) (server.Module, error) { return catalog.New(d) },
 		func(d server.Deps) (server.Module, error) { return scheduler.New(d, set.Scheduler) },
-		func(d server.Deps) (server.Module, error) { return sessions.New(d, set.Sessions) },
-		func(d server.Deps) (server.Module, error) { return newGateway(d, idcfg, gwcfg, idm) },
+		func(d server.Deps) (server.Module, error) {
+			m, err := sessions.New(d, set.Sessions)
+			sm = m
+			return m, err
+		},
+		func(d server.Deps) (server.Module, error) { return newGateway(d, idcfg, gwcfg, idm, sm) },
 	}
 	mods := make([]server.Module, 0, len(builders))
 	for _, b := range builders {
@@ -90,8 +96,9 @@ func ModulesWith(d server.Deps, set Settings) ([]server.Module, error) {
 	return mods, nil
 }
 
-// newGateway builds the agent gateway over identity's in-process enrollment.
-func newGateway(d server.Deps, idcfg identity.Config, cfg gateway.Config, idm *identity.Module) (server.Module, error) {
+// newGateway builds the agent gateway over identity's in-process enrollment and the
+// sessions service's in-process lookup for session streams.
+func newGateway(d server.Deps, idcfg identity.Config, cfg gateway.Config, idm *identity.Module, sm *sessions.Module) (server.Module, error) {
 	if cfg.KEK == "" {
 		cfg.KEK = idcfg.KEK
 	}
@@ -101,7 +108,23 @@ func newGateway(d server.Deps, idcfg identity.Config, cfg gateway.Config, idm *i
 		return gateway.Enrollment{Tenant: e.Tenant, TokenID: string(e.TokenID), Name: e.Name, Tags: e.Tags}, err
 	})
 	store := gwpostgres.New(d.DB, gwpostgres.Thresholds{DegradedAfter: cfg.DegradedAfter, OfflineAfter: cfg.OfflineAfter})
-	return gateway.New(d, cfg, store, enroll)
+	return gateway.New(d, cfg, store, enroll, streamTargets(sm.Service()))
+}
+
+// streamTargets answers the gateway's session lookups with the sessions service itself,
+// as the caller: its Get decides who may see a session, for streams as for its API.
+func streamTargets(svc sessionsvc.Service) gateway.SessionFinder {
+	return gateway.SessionFinderFunc(func(ctx context.Context, id gateway.SessionID) (gateway.StreamTarget, error) {
+		s, err := svc.Get(ctx, sessionsvc.ID(id))
+		if err != nil {
+			return gateway.StreamTarget{}, err
+		}
+		t := gateway.StreamTarget{Agent: gateway.AgentID(s.AgentID), Phase: string(s.Phase)}
+		if s.Endpoint != nil {
+			t.Port = s.Endpoint.Port
+		}
+		return t, nil
+	})
 }
 
 // Migrate applies the platform migrations and brings every tenant to the current schema

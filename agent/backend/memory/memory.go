@@ -3,11 +3,16 @@
 // real backend reports (pending → starting → running, stopping → stopped, hibernating →
 // hibernated) after configurable delays, and failures can be injected per session, so
 // the reconcile loop and the tunnel can be exercised end to end.
+//
+// Session traffic is real: a running session listens on a loopback TCP port of its own
+// (stream.go) that greets like an RFB server and echoes what it receives, so tests push
+// real bytes through the gateway, the QUIC tunnel and the agent.
 package memory
 
 import (
 	"context"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -49,6 +54,7 @@ type Backend struct {
 	timers      map[*time.Timer]struct{}
 	closed      bool
 	unavailable error
+	failDial    map[wire.SessionID]error
 }
 
 type session struct {
@@ -56,6 +62,8 @@ type session struct {
 	a      wire.Assignment
 	// epoch invalidates pending timers when the session is re-applied or removed.
 	epoch int
+	// ln is the session's stream listener while it runs.
+	ln net.Listener
 }
 
 type injected struct {
@@ -76,6 +84,7 @@ func New(cfg Config) *Backend {
 		applyCalls: map[wire.SessionID]int{},
 		failApply:  map[wire.SessionID]*injected{},
 		failStart:  map[wire.SessionID]string{},
+		failDial:   map[wire.SessionID]error{},
 		timers:     map[*time.Timer]struct{}{},
 	}
 }
@@ -89,6 +98,9 @@ func (b *Backend) Close() {
 		t.Stop()
 	}
 	clear(b.timers)
+	for _, s := range b.sessions {
+		s.stopListening()
+	}
 }
 
 // FailApply makes the next n Apply calls for id fail with err (n ≤ 0: until cleared
@@ -138,6 +150,7 @@ func (b *Backend) Lose(id wire.SessionID) {
 	defer b.mu.Unlock()
 	if s, ok := b.sessions[id]; ok {
 		s.epoch++
+		s.stopListening()
 		delete(b.sessions, id)
 	}
 }
@@ -270,6 +283,7 @@ func (b *Backend) after(s *session, d time.Duration, fn func()) {
 
 func (b *Backend) deleteLocked(s *session) {
 	s.epoch++
+	s.stopListening()
 	delete(b.sessions, s.status.SessionID)
 	b.emitLocked(s, wire.PhaseDeleted, "")
 }
@@ -282,7 +296,12 @@ func (b *Backend) emitLocked(s *session, phase wire.Phase, reason string) {
 	s.status.Phase, s.status.Reason, s.status.ObservedAt = phase, reason, now
 	s.status.Endpoint = nil
 	if phase == wire.PhaseRunning {
-		s.status.Endpoint = &wire.Endpoint{Host: string(s.status.SessionID) + ".memory.invalid", Port: 5900, Protocol: "vnc"}
+		s.status.Endpoint = &wire.Endpoint{Host: string(s.status.SessionID) + ".memory.invalid", Port: StreamPort, Protocol: "vnc"}
+		if !b.closed {
+			s.listen()
+		}
+	} else {
+		s.stopListening()
 	}
 	b.watchers.Publish(s.status)
 }

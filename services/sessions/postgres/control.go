@@ -120,6 +120,10 @@ func (s *Store) StaleStatus(ctx context.Context, limit int) ([]sessions.ID, erro
 
 var readOnly = tenantdb.TxOptions{ReadOnly: true}
 
+// lastTraffic is a session's last stream traffic as the gateway recorded it
+// (session_traffic), NULL without any (which greatest ignores).
+const lastTraffic = `(SELECT t.last_traffic_at FROM session_traffic t WHERE t.session_id = sessions.id)`
+
 // Timers configure Reap.
 type Timers struct {
 	// Progress is how long a session may stay Pending, Scheduling, Starting or Stopping
@@ -149,6 +153,10 @@ func (s *Store) Reap(ctx context.Context, t Timers, actor string) (Reaped, error
 		count  *int
 		decide func(cur sessions.Session, now time.Time) (sessions.Decision, error)
 	}
+	// traffic holds the last stream traffic of the sessions a rule selected, read with
+	// them: the gateway writes it to its own table, which the session's row lock does not
+	// cover, so it is taken as of the selection.
+	traffic := map[sessions.ID]time.Time{}
 	progressing := func(p sessions.Phase) bool {
 		return p == sessions.PhasePending || p == sessions.PhaseScheduling || p == sessions.PhaseStarting || p == sessions.PhaseStopping
 	}
@@ -167,12 +175,18 @@ func (s *Store) Reap(ctx context.Context, t Timers, actor string) (Reaped, error
 				fmt.Sprintf("no progress in %s for %s (last: %s)", cur.Phase, t.Progress, why))
 		},
 	}, {
+		// Activity is the later of what the API records (heartbeats, wakes) and the
+		// stream traffic the gateway records in its own table.
 		where: `desired = 'running' AND phase = 'Running' AND idle_timeout_seconds > 0
-			AND last_activity < now() - make_interval(secs => idle_timeout_seconds)`,
+			AND greatest(last_activity, ` + lastTraffic + `) < now() - make_interval(secs => idle_timeout_seconds)`,
 		count: &r.Hibernated,
 		decide: func(cur sessions.Session, now time.Time) (sessions.Decision, error) {
 			idle := time.Duration(cur.IdleTimeoutSeconds) * time.Second
-			if cur.Desired != sessions.DesiredRunning || cur.Phase != sessions.PhaseRunning || now.Sub(cur.LastActivity) < idle {
+			last := cur.LastActivity
+			if t := traffic[cur.ID]; t.After(last) {
+				last = t
+			}
+			if cur.Desired != sessions.DesiredRunning || cur.Phase != sessions.PhaseRunning || now.Sub(last) < idle {
 				return sessions.Decision{Noop: true}, nil
 			}
 			return sessions.Decide(cur, sessions.ActionHibernate, sessions.ReasonIdleTimeout,
@@ -193,15 +207,24 @@ func (s *Store) Reap(ctx context.Context, t Timers, actor string) (Reaped, error
 	}}
 	for _, ru := range rules {
 		var ids []sessions.ID
+		clear(traffic)
 		err := s.db.InTenantTx(ctx, readOnly, func(ctx context.Context, tx pgx.Tx) error {
 			args := append([]any{}, ru.args...)
 			args = append(args, t.Limit)
-			rows, err := tx.Query(ctx, fmt.Sprintf(`SELECT id FROM sessions WHERE deleted_at IS NULL AND %s LIMIT $%d`,
+			rows, err := tx.Query(ctx, fmt.Sprintf(`SELECT id, `+lastTraffic+` FROM sessions WHERE deleted_at IS NULL AND %s LIMIT $%d`,
 				ru.where, len(args)), args...)
 			if err != nil {
 				return err
 			}
-			ids, err = pgx.CollectRows(rows, pgx.RowTo[sessions.ID])
+			var id sessions.ID
+			var last *time.Time
+			_, err = pgx.ForEachRow(rows, []any{&id, &last}, func() error {
+				ids = append(ids, id)
+				if last != nil {
+					traffic[id] = *last
+				}
+				return nil
+			})
 			return err
 		})
 		if err != nil {
@@ -231,7 +254,13 @@ func (s *Store) Reap(ctx context.Context, t Timers, actor string) (Reaped, error
 			return err
 		}
 		tag, err := tx.Exec(ctx, `DELETE FROM sessions WHERE deleted_at < now() - interval '24 hours' AND dispatched_generation >= generation`)
+		if err != nil {
+			return err
+		}
 		r.Purged = int(tag.RowsAffected())
+		if r.Purged > 0 {
+			_, err = tx.Exec(ctx, `DELETE FROM session_traffic t WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id)`)
+		}
 		return err
 	})
 	return r, err

@@ -19,8 +19,12 @@ func main() {
 		if cfg.IdentityURL == "" {
 			return nil, errors.New("--identity-url (or STREAMSPACE_IDENTITY_URL) is required")
 		}
+		if cfg.SessionsURL == "" {
+			return nil, errors.New("--sessions-url (or STREAMSPACE_SESSIONS_URL) is required")
+		}
 		store := postgres.New(d.DB, postgres.Thresholds{DegradedAfter: cfg.DegradedAfter, OfflineAfter: cfg.OfflineAfter})
-		m, err := gateway.New(d, cfg, store, gateway.NewHTTPEnroller(cfg.IdentityURL, nil))
+		m, err := gateway.New(d, cfg, store, gateway.NewHTTPEnroller(cfg.IdentityURL, nil),
+			gateway.NewHTTPSessions(cfg.SessionsURL, nil))
 		if err != nil {
 			return nil, err
 		}
