@@ -53,7 +53,9 @@ const agentsPerSocket = 1000
 // growth of its RSS (and of its Go heap in use) from before the agents connect to after
 // they have settled, divided by N; CPU is its user+system time over a measured window
 // (default 30 s, three heartbeat rounds; STREAMSPACE_BENCH_WINDOW overrides) divided by
-// the window. PostgreSQL's own CPU is not counted. Identity is replaced by a stub that
+// the window. PostgreSQL's own CPU is not counted. With STREAMSPACE_BENCH_PROFILE=DIR the
+// gateway also serves --debug-listen, and DIR receives its CPU profile of the window and
+// its heap and goroutine profiles after it. Identity is replaced by a stub that
 // validates enrollment tokens, since only the gateway is measured. Run with
 // -benchtime=1x; goals (issue 5): at most 100 KiB per agent and 25% of one core.
 func BenchmarkScaleIdleAgents(b *testing.B) {
@@ -85,8 +87,12 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		time.Sleep(15 * time.Second)
 		rss1, heap1 := gw.rss(b), gw.heapInuse(b)
 		cpu0, wall0 := gw.cpu(b), time.Now()
+		profiled := gw.profile(b, "cpu", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(window.Seconds())))
 		time.Sleep(window)
 		cpu1, wall1 := gw.cpu(b), time.Now()
+		<-profiled
+		<-gw.profile(b, "heap", "/debug/pprof/heap")
+		<-gw.profile(b, "goroutine", "/debug/pprof/goroutine")
 		up := fleet.up()
 		if up != n {
 			b.Errorf("%d of %d agents were still connected after the window", up, n)
@@ -113,6 +119,8 @@ type gwProc struct {
 	agents string // agents' address: QUIC and HTTPS enrollment
 	caPool *x509.CertPool
 	log    *lockedBuffer
+	// debug is the profiling endpoint's base URL, when STREAMSPACE_BENCH_PROFILE is set.
+	debug, profileDir string
 }
 
 // lockedBuffer collects the gateway's output, written by exec's copier while the
@@ -174,6 +182,14 @@ func startGatewayProcess(b *testing.B) *gwProc {
 	g := &gwProc{env: env, admin: "http://" + adminAddr, agents: agentAddr, log: &lockedBuffer{}}
 	g.cmd = exec.Command(bin, "--database-url", env.URL, "--listen", adminAddr, "--agent-listen", agentAddr,
 		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", "warn")
+	if dir := os.Getenv("STREAMSPACE_BENCH_PROFILE"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		debugAddr := freeAddr(b)
+		g.debug, g.profileDir = "http://"+debugAddr, dir
+		g.cmd.Args = append(g.cmd.Args, "--debug-listen", debugAddr)
+	}
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -219,6 +235,35 @@ func (g *gwProc) stop(b *testing.B) {
 		_ = g.cmd.Process.Kill()
 		<-done
 	}
+}
+
+// profile saves the gateway's profile at path (under its debug endpoint) as
+// DIR/<agents>-<name>.pprof when profiling is on; the channel closes when it is written.
+func (g *gwProc) profile(b *testing.B, name, path string) <-chan struct{} {
+	b.Helper()
+	done := make(chan struct{})
+	if g.debug == "" {
+		close(done)
+		return done
+	}
+	file := filepath.Join(g.profileDir, fmt.Sprintf("%d-%s.pprof", envInt(b, "STREAMSPACE_BENCH_AGENTS", 10000), name))
+	go func() {
+		defer close(done)
+		resp, err := http.Get(g.debug + path)
+		if err != nil {
+			b.Errorf("profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		raw, err := io.ReadAll(resp.Body)
+		if err == nil {
+			err = os.WriteFile(file, raw, 0o644)
+		}
+		if err != nil {
+			b.Errorf("profile %s: %v", name, err)
+		}
+	}()
+	return done
 }
 
 // tail returns the end of the gateway's log.
