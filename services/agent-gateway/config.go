@@ -19,9 +19,13 @@ const (
 	DefaultHeartbeatInterval = 10 * time.Second
 	DefaultDegradedAfter     = 30 * time.Second
 	DefaultOfflineAfter      = 60 * time.Second
-	// DefaultResync is how often a connection re-reads its pending work even without a
-	// NOTIFY: the bound on delivery delay when a notification is lost.
+	// DefaultResync is how often a replica sweeps its agents for pending work even without
+	// a NOTIFY: the bound on delivery delay when a notification is lost.
 	DefaultResync = 5 * time.Second
+	// DefaultHeartbeatFlush is how often a replica writes the heartbeats it received, one
+	// statement per tenant. It delays last_seen by at most this much, far below the 30 s
+	// after which a silent agent is degraded.
+	DefaultHeartbeatFlush = 3 * time.Second
 	// DefaultOwnerHeartbeat is how often a replica stamps the owner rows of its agents,
 	// and so how quickly it notices a lost claim whose NOTIFY it missed.
 	DefaultOwnerHeartbeat = 2 * time.Second
@@ -57,6 +61,9 @@ type Config struct {
 	// Resync bounds delivery delay when a NOTIFY is lost; OwnerHeartbeat paces the
 	// owner-row stamps.
 	Resync, OwnerHeartbeat time.Duration
+	// HeartbeatFlush paces the batched heartbeat writes; by default DefaultHeartbeatFlush,
+	// or half the heartbeat interval when that is shorter.
+	HeartbeatFlush time.Duration
 	// KeepAlive and IdleTimeout tune QUIC liveness.
 	KeepAlive, IdleTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff of unacknowledged work.
@@ -83,7 +90,8 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Duration(fs, &c.HeartbeatInterval, "agent-heartbeat", "STREAMSPACE_AGENT_HEARTBEAT", DefaultHeartbeatInterval, "heartbeat interval agents are told to use")
 	config.Duration(fs, &c.DegradedAfter, "agent-degraded-after", "STREAMSPACE_AGENT_DEGRADED_AFTER", DefaultDegradedAfter, "silence after which an agent is degraded")
 	config.Duration(fs, &c.OfflineAfter, "agent-offline-after", "STREAMSPACE_AGENT_OFFLINE_AFTER", DefaultOfflineAfter, "silence after which an agent is offline")
-	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often pending work is re-read without a notification")
+	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often the replica sweeps its agents for pending work without a notification")
+	config.Duration(fs, &c.HeartbeatFlush, "agent-heartbeat-flush", "STREAMSPACE_AGENT_HEARTBEAT_FLUSH", 0, "how often received heartbeats are written, one statement per tenant (default 3s, or half --agent-heartbeat if shorter)")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
 	c.serverNames = &names
@@ -111,6 +119,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.OfflineAfter, DefaultOfflineAfter)
 	def(&c.Resync, DefaultResync)
 	def(&c.OwnerHeartbeat, DefaultOwnerHeartbeat)
+	def(&c.HeartbeatFlush, min(DefaultHeartbeatFlush, c.HeartbeatInterval/2))
 	def(&c.KeepAlive, DefaultKeepAlive)
 	def(&c.IdleTimeout, DefaultIdleTimeout)
 	def(&c.RetryMin, DefaultRetryMin)
@@ -148,6 +157,9 @@ func (c Config) Validate() error {
 	}
 	if c.DegradedAfter <= c.HeartbeatInterval || c.OfflineAfter <= c.DegradedAfter {
 		errs = append(errs, errors.New("want heartbeat < degraded-after < offline-after"))
+	}
+	if c.HeartbeatFlush >= c.DegradedAfter-c.HeartbeatInterval {
+		errs = append(errs, errors.New("--agent-heartbeat-flush must be below --agent-degraded-after minus --agent-heartbeat"))
 	}
 	if c.KeepAlive >= c.IdleTimeout || c.KeepAlive > 25*time.Second {
 		errs = append(errs, errors.New("--agent-keepalive must be below the idle timeout and 25s"))

@@ -227,6 +227,13 @@ type Owner struct {
 	Conn    string
 }
 
+// Beat is the latest heartbeat of one agent's connection, as a batch records it.
+type Beat struct {
+	Agent    AgentID
+	Conn     string
+	Capacity Capacity
+}
+
 // Store is the gateway's persistence. Tenant-scoped methods read the tenant from ctx (a
 // principal, or auth.AsSystem for an agent identified by its certificate); the others
 // touch only the platform schema. Methods taking an Owner are fenced: they change nothing
@@ -260,8 +267,10 @@ type Store interface {
 	Release(ctx context.Context, id AgentID, o Owner) error
 	// RecordHello stores the agent's facts and marks it online (tenant-scoped, fenced).
 	RecordHello(ctx context.Context, id AgentID, o Owner, h Hello) error
-	// RecordHeartbeat stores capacity and marks the agent online (tenant-scoped, fenced).
-	RecordHeartbeat(ctx context.Context, id AgentID, o Owner, c Capacity) error
+	// RecordHeartbeats stores each beat's capacity and marks its agent online, seen now,
+	// in one statement (tenant-scoped, fenced per beat). It returns the agents whose beat
+	// was refused because its connection no longer owns the agent.
+	RecordHeartbeats(ctx context.Context, beats []Beat) (lost []AgentID, err error)
 
 	// Assign upserts an assignment and announces it (tenant-scoped). See Service.Assign.
 	Assign(ctx context.Context, in AssignmentInput, traceParent string) (Assignment, error)
@@ -272,6 +281,8 @@ type Store interface {
 	DesiredSet(ctx context.Context, id AgentID) ([]Assignment, error)
 	// AgentAssignments lists every assignment of an agent (tenant-scoped).
 	AgentAssignments(ctx context.Context, id AgentID) ([]Assignment, error)
+	// PendingAgents returns which of ids have unacknowledged assignments (tenant-scoped).
+	PendingAgents(ctx context.Context, ids []AgentID) ([]AgentID, error)
 	// Pending returns the agent's unacknowledged assignments (tenant-scoped).
 	Pending(ctx context.Context, id AgentID) ([]Assignment, error)
 	// Ack records that the agent applied session at generation (raising

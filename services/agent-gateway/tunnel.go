@@ -31,6 +31,7 @@ import (
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/seal"
+	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/wire"
 	"streamspace.dev/libs/wire/wireotel"
 )
@@ -82,6 +83,7 @@ type Gateway struct {
 	hub      *hub
 	metrics  *metrics
 	verified verdicts
+	beats    beats
 
 	udp   net.PacketConn
 	ql    *quic.Listener
@@ -149,6 +151,8 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	g.wg.Go(func() { g.hub.ln.run(g.ctx) })
 	g.wg.Go(g.acceptLoop)
 	g.wg.Go(g.ownerLoop)
+	g.wg.Go(g.heartbeatLoop)
+	g.wg.Go(g.sweepLoop)
 	g.wg.Go(func() {
 		if err := g.https.Serve(g.tcp); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("enrollment listener failed", "err", err)
@@ -394,6 +398,111 @@ func (g *Gateway) ownerLoop() {
 	}
 }
 
+// heartbeatLoop writes the tunnels' heartbeats every HeartbeatFlush, one statement per
+// tenant, and closes tunnels whose beat was refused because their claim was lost.
+func (g *Gateway) heartbeatLoop() {
+	t := time.NewTicker(g.cfg.HeartbeatFlush)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		g.flushBeats()
+	}
+}
+
+func (g *Gateway) flushBeats() {
+	byTenant := map[tenant.ID][]beat{}
+	for _, b := range g.beats.take() {
+		byTenant[b.c.id.Tenant] = append(byTenant[b.c.id.Tenant], b)
+	}
+	for tid, bs := range byTenant {
+		rows := make([]Beat, len(bs))
+		byAgent := make(map[AgentID]*agentConn, len(bs))
+		for i, b := range bs {
+			rows[i] = Beat{Agent: b.c.id.Agent, Conn: b.c.connID, Capacity: b.capacity}
+			byAgent[b.c.id.Agent] = b.c
+		}
+		lost, err := g.store.RecordHeartbeats(g.sys(tid), rows)
+		if err != nil {
+			if g.ctx.Err() == nil {
+				g.log.Warn("recording heartbeats", "tenant_id", tid, "count", len(rows), "err", err)
+				g.beats.restore(bs)
+			}
+			continue
+		}
+		g.metrics.heartbeatBatches.Inc()
+		for _, id := range lost {
+			if c := byAgent[id]; g.hub.get(id) == c {
+				c.close(closeSuperseded)
+			}
+		}
+	}
+}
+
+// sweepLoop is delivery's safety net for lost notifications: every Resync it asks, in one
+// query per tenant, which of this replica's agents have unacknowledged work, and wakes
+// only those tunnels. Between sweeps it answers the hub's requests for particular
+// agents (their LISTEN just took effect) or for all of them (the LISTEN connection was
+// re-established).
+func (g *Gateway) sweepLoop() {
+	t := time.NewTicker(g.cfg.Resync)
+	defer t.Stop()
+	for {
+		tick := false
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+			tick = true
+		case <-g.hub.sweeps.kick:
+		}
+		asked, all := g.hub.sweeps.take()
+		var conns []*agentConn
+		if tick || all {
+			conns = g.hub.all()
+		} else {
+			for id := range asked {
+				if c := g.hub.get(id); c != nil {
+					conns = append(conns, c)
+				}
+			}
+		}
+		g.sweep(conns)
+	}
+}
+
+// sweep wakes those of conns whose agent has pending work.
+func (g *Gateway) sweep(conns []*agentConn) {
+	byTenant := map[tenant.ID][]AgentID{}
+	for _, c := range conns {
+		byTenant[c.id.Tenant] = append(byTenant[c.id.Tenant], c.id.Agent)
+	}
+	for tid, ids := range byTenant {
+		pending, err := g.store.PendingAgents(g.sys(tid), ids)
+		if err != nil {
+			if g.ctx.Err() == nil {
+				g.log.Warn("sweeping for pending work", "tenant_id", tid, "err", err)
+			}
+			continue
+		}
+		for _, id := range pending {
+			if c := g.hub.get(id); c != nil {
+				c.poke()
+			}
+		}
+	}
+	g.metrics.sweeps.Inc()
+}
+
+// sys returns ctx acting for tenant tid as this replica, for the writes it makes on
+// behalf of many agents at once.
+func (g *Gateway) sys(tid tenant.ID) context.Context {
+	return auth.AsSystem(g.ctx, tid, "gateway:"+g.id)
+}
+
 // backoff is the retry delay of the attempts-th unacknowledged push: doubling from
 // RetryMin to RetryMax, with ±20% jitter so that many agents do not retry in step.
 func (g *Gateway) backoff(attempts int) time.Duration {
@@ -537,6 +646,7 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	defer func() {
 		c.close(closeDone)
 		g.hub.remove(c)
+		g.beats.forget(c)
 		if err := g.store.Release(c.sys(context.WithoutCancel(ctx)), id.Agent, c.owner); err != nil && !errors.Is(err, ErrNotOwner) {
 			c.log.Warn("releasing the owner row", "err", err)
 		}
@@ -734,13 +844,9 @@ func (c *agentConn) readControl(ctx context.Context, r *wire.Reader) {
 		mctx := wireotel.Extract(ctx, env)
 		switch m := env.Message.(type) {
 		case *wire.Heartbeat:
-			if err := c.g.store.RecordHeartbeat(c.sys(mctx), c.id.Agent, c.owner, m.Capacity); err != nil {
-				if errors.Is(err, ErrNotOwner) {
-					c.close(closeSuperseded)
-					return
-				}
-				c.log.Warn("recording heartbeat", "err", err)
-			}
+			// Written with every other tunnel's by heartbeatLoop, which also closes this
+			// one should its claim turn out lost.
+			c.g.beats.record(c, m.Capacity)
 		case *wire.StatusReport:
 			if errors.Is(c.handleStatus(mctx, m), ErrNotOwner) {
 				c.close(closeSuperseded)
@@ -873,8 +979,9 @@ func (c *agentConn) serveAgentStream(ctx context.Context, st *quic.Stream) {
 }
 
 // pushLoop delivers the full set once (or, when the agent's applied set is already
-// current, only its unacknowledged part), then pending work whenever told (NOTIFY, a
-// LISTEN taking effect), when a retry falls due, and every Resync regardless.
+// current, only its unacknowledged part), then pending work whenever told (NOTIFY, the
+// replica's sweep) and when a retry falls due. An idle tunnel has no timer: the sweep
+// wakes it if a notification was lost.
 func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool) {
 	if current {
 		c.pushUnacked(ctx, set)
@@ -882,29 +989,40 @@ func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool
 		c.pushFull(ctx, set)
 	}
 	for {
-		t := time.NewTimer(c.nextWait())
+		var due <-chan time.Time
+		var t *time.Timer
+		if wait, ok := c.nextRetry(); ok {
+			t = time.NewTimer(wait)
+			due = t.C
+		}
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return
 		case <-c.wake:
-		case <-t.C:
+		case <-due:
 		}
-		t.Stop()
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
 		c.pushPending(ctx)
 	}
 }
 
-// nextWait is the time until the earliest retry, at most Resync.
-func (c *agentConn) nextWait() time.Duration {
-	wait := c.g.cfg.Resync
-	now := time.Now()
+// nextRetry is the time until the earliest retry; false when nothing awaits an ack.
+func (c *agentConn) nextRetry() (time.Duration, bool) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.inflight) == 0 {
+		return 0, false
+	}
+	wait := time.Duration(1<<63 - 1)
+	now := time.Now()
 	for _, f := range c.inflight {
 		wait = min(wait, f.nextAt.Sub(now))
 	}
-	c.mu.Unlock()
-	return max(wait, 10*time.Millisecond)
+	return max(wait, 10*time.Millisecond), true
 }
 
 // pushFull sends the agent's whole desired set, which it reconciles against what it runs.

@@ -309,19 +309,52 @@ func (s *Store) RecordHello(ctx context.Context, id gateway.AgentID, o gateway.O
 	})
 }
 
-// RecordHeartbeat implements gateway.Store.
-func (s *Store) RecordHeartbeat(ctx context.Context, id gateway.AgentID, o gateway.Owner, c gateway.Capacity) error {
-	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE agents SET
-			cpu_allocatable_millis = $3, cpu_used_millis = $4, memory_allocatable_bytes = $5, memory_used_bytes = $6,
-			sessions = $7, max_sessions = $8, state = 'online', last_seen = now()
-			WHERE id = $1 AND `+fence, string(id), o.Conn,
-			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions)
-		if err == nil && tag.RowsAffected() == 0 {
-			return gateway.ErrNotOwner
+// RecordHeartbeats implements gateway.Store. One statement stamps every beat of the
+// batch; capacity is written with it because the row is rewritten for last_seen anyway.
+func (s *Store) RecordHeartbeats(ctx context.Context, beats []gateway.Beat) ([]gateway.AgentID, error) {
+	if len(beats) == 0 {
+		return nil, nil
+	}
+	n := len(beats)
+	ids, conns := make([]string, n), make([]string, n)
+	ca, cu, ma, mu := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	ss, ms := make([]int32, n), make([]int32, n)
+	for i, b := range beats {
+		ids[i], conns[i] = string(b.Agent), b.Conn
+		c := b.Capacity
+		ca[i], cu[i], ma[i], mu[i] = c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes
+		ss[i], ms[i] = int32(c.Sessions), int32(c.MaxSessions)
+	}
+	var kept []string
+	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE agents a SET
+			cpu_allocatable_millis = b.ca, cpu_used_millis = b.cu, memory_allocatable_bytes = b.ma, memory_used_bytes = b.mu,
+			sessions = b.ss, max_sessions = b.ms, state = 'online', last_seen = now()
+			FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[], $8::int[])
+				AS b(id, conn, ca, cu, ma, mu, ss, ms)
+			WHERE a.id = b.id
+			  AND EXISTS (SELECT 1 FROM platform.agent_directory d WHERE d.agent_id = b.id AND d.owner_conn = b.conn)
+			RETURNING a.id`, ids, conns, ca, cu, ma, mu, ss, ms)
+		if err != nil {
+			return err
 		}
+		kept, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		return err
 	})
+	if err != nil {
+		return nil, err
+	}
+	still := make(map[string]bool, len(kept))
+	for _, k := range kept {
+		still[k] = true
+	}
+	var lost []gateway.AgentID
+	for _, b := range beats {
+		if !still[string(b.Agent)] {
+			lost = append(lost, b.Agent)
+		}
+	}
+	return lost, nil
 }
 
 const assignmentCols = `session_id, agent_id, generation, desired, spec, acked_generation, ack_error, trace_parent, created_at, updated_at`
@@ -423,6 +456,29 @@ func (s *Store) AgentAssignments(ctx context.Context, id gateway.AgentID) ([]gat
 // Pending implements gateway.Store.
 func (s *Store) Pending(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
 	return s.assignments(ctx, `AND generation > acked_generation ORDER BY updated_at, session_id`, id)
+}
+
+// PendingAgents implements gateway.Store. The partial index on pending rows answers it
+// without touching acknowledged ones.
+func (s *Store) PendingAgents(ctx context.Context, ids []gateway.AgentID) ([]gateway.AgentID, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	in := make([]string, len(ids))
+	for i, id := range ids {
+		in[i] = string(id)
+	}
+	var out []gateway.AgentID
+	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT DISTINCT agent_id FROM session_assignments
+			WHERE agent_id = ANY($1::text[]) AND generation > acked_generation`, in)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[gateway.AgentID])
+		return err
+	})
+	return out, err
 }
 
 // Ack implements gateway.Store.

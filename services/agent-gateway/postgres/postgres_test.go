@@ -100,9 +100,18 @@ func TestOwnership(t *testing.T) {
 	if err != nil || len(lost) != 1 || lost[0] != y {
 		t.Fatalf("lost %v %v, want [%s]", lost, err, y)
 	}
-	// The superseded connection's writes are fenced off.
-	if err := s.RecordHeartbeat(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}, gateway.Capacity{}); err != gateway.ErrNotOwner {
-		t.Fatalf("stale heartbeat: %v", err)
+	// The superseded connection's writes are fenced off, one beat of a batch at a time.
+	lost, err = s.RecordHeartbeats(ctx, []gateway.Beat{
+		{Agent: x, Conn: "old-" + string(x), Capacity: gateway.Capacity{Sessions: 3}},
+		{Agent: y, Conn: "old-" + string(y), Capacity: gateway.Capacity{Sessions: 4}}})
+	if err != nil || len(lost) != 1 || lost[0] != y {
+		t.Fatalf("batched heartbeats: lost %v %v, want [%s]", lost, err, y)
+	}
+	if a, err := s.Agent(ctx, x); err != nil || a.State != gateway.StateOnline || a.Capacity.Sessions != 3 || a.LastSeen == nil {
+		t.Fatalf("after a batched heartbeat: %+v %v", a, err)
+	}
+	if a, err := s.Agent(ctx, y); err != nil || a.State != gateway.StateOffline || a.Capacity.Sessions != 0 {
+		t.Fatalf("a stale beat was written: %+v %v", a, err)
 	}
 	if err := s.Release(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}); err != gateway.ErrNotOwner {
 		t.Fatalf("stale release: %v", err)
