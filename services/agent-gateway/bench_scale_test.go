@@ -79,8 +79,11 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		rss0, heap0 := gw.rss(b), gw.heapInuse(b)
 
 		began = time.Now()
+		// The first 20 s of connecting, when profiling: where a storm's time goes.
+		connecting := gw.profile(b, "connect-cpu", "/debug/pprof/profile?seconds=20")
 		fleet := connectMany(b, gw, ids)
 		connected := time.Since(began)
+		<-connecting
 		defer fleet.close()
 
 		// Let a few heartbeat rounds and keep-alives pass, and the GC find its level.

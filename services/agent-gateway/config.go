@@ -35,6 +35,10 @@ const (
 	DefaultIdleTimeout = 30 * time.Second
 	DefaultRetryMin    = time.Second
 	DefaultRetryMax    = 30 * time.Second
+	// DefaultConnectConcurrency is how many connections may claim their agent and load
+	// its state at once: under half of the default 20-connection database pool, so the
+	// rest stays free for registry lookups, heartbeats and the sweep during a storm.
+	DefaultConnectConcurrency = 8
 )
 
 // Config is the gateway's own settings, beside the common server.Config.
@@ -68,6 +72,8 @@ type Config struct {
 	KeepAlive, IdleTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff of unacknowledged work.
 	RetryMin, RetryMax time.Duration
+	// ConnectConcurrency bounds the connections registering at once; the rest queue.
+	ConnectConcurrency int
 
 	// serverNames holds the raw --agent-server-names until withDefaults splits it.
 	serverNames *string
@@ -92,6 +98,7 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Duration(fs, &c.OfflineAfter, "agent-offline-after", "STREAMSPACE_AGENT_OFFLINE_AFTER", DefaultOfflineAfter, "silence after which an agent is offline")
 	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often the replica sweeps its agents for pending work without a notification")
 	config.Duration(fs, &c.HeartbeatFlush, "agent-heartbeat-flush", "STREAMSPACE_AGENT_HEARTBEAT_FLUSH", 0, "how often received heartbeats are written, one statement per tenant (default 3s, or half --agent-heartbeat if shorter)")
+	config.Int(fs, &c.ConnectConcurrency, "agent-connect-concurrency", "STREAMSPACE_AGENT_CONNECT_CONCURRENCY", DefaultConnectConcurrency, "connections that may register at once (a database transaction each); the rest queue")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
 	c.serverNames = &names
@@ -124,6 +131,9 @@ func (c Config) WithDefaults() Config {
 	def(&c.IdleTimeout, DefaultIdleTimeout)
 	def(&c.RetryMin, DefaultRetryMin)
 	def(&c.RetryMax, DefaultRetryMax)
+	if c.ConnectConcurrency <= 0 {
+		c.ConnectConcurrency = DefaultConnectConcurrency
+	}
 	return c
 }
 

@@ -267,6 +267,9 @@ type Store interface {
 	Release(ctx context.Context, id AgentID, o Owner) error
 	// RecordHello stores the agent's facts and marks it online (tenant-scoped, fenced).
 	RecordHello(ctx context.Context, id AgentID, o Owner, h Hello) error
+	// Connect is a connection's start in one transaction: Claim, RecordHello and
+	// DesiredSet (tenant-scoped). NotFound: the agent was deleted.
+	Connect(ctx context.Context, id AgentID, o Owner, h Hello) ([]Assignment, error)
 	// RecordHeartbeats stores each beat's capacity and marks its agent online, seen now,
 	// in one statement (tenant-scoped, fenced per beat). It returns the agents whose beat
 	// was refused because its connection no longer owns the agent.

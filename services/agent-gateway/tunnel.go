@@ -84,6 +84,8 @@ type Gateway struct {
 	metrics  *metrics
 	verified verdicts
 	beats    beats
+	// admit holds a token per connection between its Hello and its HelloAck.
+	admit chan struct{}
 
 	udp   net.PacketConn
 	ql    *quic.Listener
@@ -134,6 +136,7 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	g := &Gateway{cfg: cfg, id: cfg.GatewayID, store: o.Store, ca: ca, enroller: o.Enroller,
 		log: o.Logger.With("gateway_id", cfg.GatewayID), tracer: tp.Tracer("streamspace.dev/services/agent-gateway")}
 	g.hub = newHub(g.log, o.ConnConfig)
+	g.admit = make(chan struct{}, cfg.ConnectConcurrency)
 	g.metrics = newMetrics(o.Registry)
 
 	var serverCert tls.Certificate
@@ -560,6 +563,10 @@ type flight struct {
 	gen      int64
 	attempts int
 	nextAt   time.Time
+	// acked: the agent acknowledged gen. The flight is kept until a read of pending work
+	// no longer lists it, so that a read taken just before the ack was stored does not
+	// push gen again.
+	acked bool
 }
 
 // sys returns ctx acting for the agent's tenant, as its certificate established.
@@ -749,9 +756,13 @@ func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshak
 			return handshakeResult{}, err
 		}
 	}
-	sctx := c.sys(ctx)
-	if err := c.g.store.Claim(ctx, c.id.Agent, c.owner); err != nil {
-		c.log.Warn("claiming the agent", "err", err)
+	tags, dropped := reportedTags(hello)
+	if len(dropped) > 0 {
+		c.log.Warn("ignoring agent-reported tags an admin could not set", "tags", dropped)
+	}
+	set, err := c.connect(ctx, Hello{Version: hello.AgentVersion, ReportedTags: tags, Facts: hello.Cluster, Capacity: hello.Capacity})
+	if err != nil {
+		c.log.Warn("claiming the agent and loading its state", "err", err)
 		if apperr.IsCode(err, apperr.NotFound) {
 			c.fail(w, &wire.Error{Code: wire.CodeForbidden, Message: "the agent was deleted", Permanent: true}, closeRevoked)
 		} else {
@@ -760,23 +771,9 @@ func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshak
 		return handshakeResult{}, err
 	}
 	c.ctrl = w
+	// Work announced between reading the set and the LISTEN taking effect is found by the
+	// sweep the hub asks for once it does.
 	c.g.hub.add(c)
-	tags, dropped := reportedTags(hello)
-	if len(dropped) > 0 {
-		c.log.Warn("ignoring agent-reported tags an admin could not set", "tags", dropped)
-	}
-	err = c.g.store.RecordHello(sctx, c.id.Agent, c.owner, Hello{Version: hello.AgentVersion,
-		ReportedTags: tags, Facts: hello.Cluster, Capacity: hello.Capacity})
-	var set []Assignment
-	if err == nil {
-		set, err = c.g.store.DesiredSet(sctx, c.id.Agent)
-	}
-	if err != nil {
-		c.log.Warn("loading the agent's state", "err", err)
-		c.g.hub.remove(c)
-		c.fail(w, unavailable("cannot load the agent's state; try again later"), closeUnavailable)
-		return handshakeResult{}, err
-	}
 	sum := wire.Checksum(toWire(c.id, set))
 	// The agent's applied set matches: HelloAck says so with the same checksum, and the
 	// full push is skipped (the agent then reconciles locally against what it applied).
@@ -791,6 +788,21 @@ func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshak
 	c.log.Info("agent connected", "agent_version", hello.AgentVersion, "protocol", accepted.String(), "desired", len(set),
 		"current", current, "verified_late", !verified)
 	return handshakeResult{r: r, set: set, current: current}, nil
+}
+
+// connect claims the agent, records its Hello and reads its desired set, in one
+// transaction, once admitted: at most ConnectConcurrency connections do so at a time, so
+// that a reconnect storm queues here instead of taking every database connection from
+// the registry lookups of TLS handshakes (which then time out), the heartbeat flush and
+// the sweep. Waiting ends with the connection.
+func (c *agentConn) connect(ctx context.Context, h Hello) ([]Assignment, error) {
+	select {
+	case c.g.admit <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-c.g.admit }()
+	return c.g.store.Connect(c.sys(ctx), c.id.Agent, c.owner, h)
 }
 
 // unavailable is what an agent turned away for the gateway's own failure is told: retry
@@ -925,7 +937,7 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 	}
 	if a.Error == nil || a.Error.Permanent {
 		if a.Generation >= f.gen {
-			delete(c.inflight, a.SessionID)
+			f.acked = true
 		}
 		return
 	}
@@ -1014,15 +1026,14 @@ func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool
 func (c *agentConn) nextRetry() (time.Duration, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.inflight) == 0 {
-		return 0, false
-	}
-	wait := time.Duration(1<<63 - 1)
+	wait, waiting := time.Duration(1<<63-1), false
 	now := time.Now()
 	for _, f := range c.inflight {
-		wait = min(wait, f.nextAt.Sub(now))
+		if !f.acked {
+			wait, waiting = min(wait, f.nextAt.Sub(now)), true
+		}
 	}
-	return max(wait, 10*time.Millisecond), true
+	return max(wait, 10*time.Millisecond), waiting
 }
 
 // pushFull sends the agent's whole desired set, which it reconciles against what it runs.
@@ -1074,7 +1085,7 @@ func (c *agentConn) pushPending(ctx context.Context) {
 	for _, a := range pending {
 		live[a.SessionID] = true
 		f := c.inflight[a.SessionID]
-		if f != nil && f.gen == a.Generation && now.Before(f.nextAt) {
+		if f != nil && f.gen == a.Generation && (f.acked || now.Before(f.nextAt)) {
 			continue
 		}
 		if f == nil || f.gen != a.Generation {

@@ -309,6 +309,62 @@ func (s *Store) RecordHello(ctx context.Context, id gateway.AgentID, o gateway.O
 	})
 }
 
+// Connect implements gateway.Store. Its statements go in one round trip; the agent's row
+// is locked before its directory row, in the order DeleteAgent and Release take them.
+func (s *Store) Connect(ctx context.Context, id gateway.AgentID, o gateway.Owner, h gateway.Hello) ([]gateway.Assignment, error) {
+	facts, err := json.Marshal(h.Facts)
+	if err != nil {
+		return nil, err
+	}
+	tags := h.ReportedTags
+	if tags == nil {
+		tags = []string{}
+	}
+	c := h.Capacity
+	var set []gateway.Assignment
+	err = s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE agents SET version = $2, reported_tags = $3, facts = $4,
+			cpu_allocatable_millis = $5, cpu_used_millis = $6, memory_allocatable_bytes = $7, memory_used_bytes = $8,
+			sessions = $9, max_sessions = $10, state = 'online', last_seen = now(), gateway_id = $11, updated_at = now()
+			WHERE id = $1`, string(id), h.Version, tags, string(facts),
+			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions, o.Gateway)
+		b.Queue(`UPDATE platform.agent_directory
+			SET owner_gateway = $2, owner_conn = $3, owner_since = now(), owner_heartbeat = now()
+			WHERE agent_id = $1 AND tenant_id = $4`, string(id), o.Gateway, o.Conn, string(currentTenant(ctx)))
+		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentChannel(id), gateway.NotifyOwner+o.Conn)
+		b.Queue(`SELECT `+assignmentCols+` FROM session_assignments
+			WHERE agent_id = $1 AND NOT (desired = 'deleted' AND acked_generation >= generation) ORDER BY session_id`, string(id))
+		res := tx.SendBatch(ctx, b)
+		defer res.Close()
+		for range 2 {
+			tag, err := res.Exec()
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				return apperr.New(apperr.NotFound, "no such agent")
+			}
+		}
+		if _, err := res.Exec(); err != nil {
+			return err
+		}
+		rows, err := res.Query()
+		if err != nil {
+			return err
+		}
+		set, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
+		if err != nil {
+			return err
+		}
+		return res.Close()
+	})
+	if set == nil && err == nil {
+		set = []gateway.Assignment{}
+	}
+	return set, err
+}
+
 // RecordHeartbeats implements gateway.Store. One statement stamps every beat of the
 // batch; capacity is written with it because the row is rewritten for last_seen anyway.
 func (s *Store) RecordHeartbeats(ctx context.Context, beats []gateway.Beat) ([]gateway.AgentID, error) {
