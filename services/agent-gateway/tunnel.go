@@ -911,6 +911,18 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 	if a.Error != nil {
 		span.SetAttributes(attribute.String("streamspace.ack_error", string(a.Error.Code)), attribute.Bool("streamspace.permanent", a.Error.Permanent))
 	}
+	// The flight is settled as soon as the ack arrives, not when it is stored: the retry
+	// covers pushes and acks lost on the way, not a slow database write. Should storing
+	// fail, the flight is due again.
+	done := a.Error == nil || a.Error.Permanent
+	var settled *flight
+	if done {
+		c.mu.Lock()
+		if f := c.inflight[a.SessionID]; f != nil && !f.acked && a.Generation >= f.gen {
+			f.acked, settled = true, f
+		}
+		c.mu.Unlock()
+	}
 	if err := c.g.store.Ack(c.sys(ctx), c.id.Agent, a.SessionID, a.Generation, a.Error); err != nil {
 		span.RecordError(err)
 		if apperr.IsCode(err, apperr.NotFound) {
@@ -918,6 +930,12 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 			c.log.Warn("refused ack for a session not assigned to this agent", "session_id", a.SessionID)
 		} else {
 			c.log.Warn("recording ack", "err", err)
+		}
+		if settled != nil {
+			c.mu.Lock()
+			settled.acked = false
+			c.mu.Unlock()
+			c.poke()
 		}
 		return
 	}
@@ -929,19 +947,14 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 	default:
 		c.g.metrics.acks.WithLabelValues("retryable").Inc()
 	}
+	if done {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	f := c.inflight[a.SessionID]
-	if f == nil {
-		return
+	if f := c.inflight[a.SessionID]; f != nil {
+		f.nextAt = time.Now().Add(max(c.g.backoff(f.attempts), a.Error.RetryAfter))
 	}
-	if a.Error == nil || a.Error.Permanent {
-		if a.Generation >= f.gen {
-			f.acked = true
-		}
-		return
-	}
-	f.nextAt = time.Now().Add(max(c.g.backoff(f.attempts), a.Error.RetryAfter))
 }
 
 // acceptStreams serves streams the agent opens after the control stream: certificate
