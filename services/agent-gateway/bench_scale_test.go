@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -184,7 +185,7 @@ func startGatewayProcess(b *testing.B) *gwProc {
 	adminAddr, agentAddr := freeAddr(b), freeUDPTCPAddr(b)
 	g := &gwProc{env: env, admin: "http://" + adminAddr, agents: agentAddr, log: &lockedBuffer{}}
 	g.cmd = exec.Command(bin, "--database-url", env.URL, "--listen", adminAddr, "--agent-listen", agentAddr,
-		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", "warn")
+		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", cmp.Or(os.Getenv("STREAMSPACE_BENCH_LOG_LEVEL"), "warn"))
 	if dir := os.Getenv("STREAMSPACE_BENCH_PROFILE"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			b.Fatal(err)
@@ -272,7 +273,7 @@ func (g *gwProc) profile(b *testing.B, name, path string) <-chan struct{} {
 // tail returns the end of the gateway's log.
 func (g *gwProc) tail() string {
 	s := g.log.String()
-	return s[max(0, len(s)-4000):]
+	return s[max(0, len(s)-12000):]
 }
 
 // rss is the gateway's resident set in bytes, from /proc.
@@ -444,6 +445,8 @@ func connectMany(b *testing.B, g *gwProc, agents []simAgent) *fleet {
 	}
 	wg.Wait()
 	if err := failed.Load(); err != nil {
+		// Where the gateway's goroutines wait, when profiling: the cause of a stuck handshake.
+		<-g.profile(b, "failed-goroutines", "/debug/pprof/goroutine?debug=2")
 		f.close()
 		b.Fatalf("connecting: %v\ngateway log (tail):\n%s", err, g.tail())
 	}
