@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
+	"errors"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -111,6 +112,7 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		b.ReportMetric(enrolled.Seconds(), "enroll_s")
 		b.ReportMetric(connected.Seconds(), "connect_s")
 		b.ReportMetric(float64(fleet.beats.Load()), "heartbeats_sent")
+		b.ReportMetric(float64(fleet.retries.Load()), "dial_retries")
 		gw.stop(b)
 	}
 }
@@ -403,6 +405,9 @@ type fleet struct {
 	transports []*quic.Transport
 	conns      []*quic.Conn
 	beats      atomic.Int64
+	// retries counts dials tried again after a failure, as the real agent's supervisor
+	// does (a lost handshake packet on a loaded machine, or the gateway's "unavailable").
+	retries atomic.Int64
 	stop       chan struct{}
 	wg         sync.WaitGroup
 }
@@ -434,7 +439,7 @@ func connectMany(b *testing.B, g *gwProc, agents []simAgent) *fleet {
 				if i >= len(agents) || failed.Load() != nil {
 					return
 				}
-				c, err := f.connect(f.transports[i/agentsPerSocket], raddr, g.caPool, agents[i])
+				c, err := f.dial(f.transports[i/agentsPerSocket], raddr, g.caPool, agents[i])
 				if err != nil {
 					failed.Store(fmt.Errorf("agent %d: %w", i, err))
 					return
@@ -453,6 +458,29 @@ func connectMany(b *testing.B, g *gwProc, agents []simAgent) *fleet {
 	return f
 }
 
+// dialAttempts is how often an agent of the fleet tries before the benchmark counts it as
+// given up.
+const dialAttempts = 5
+
+// dial connects an agent, trying again after a failed attempt with the real agent's
+// doubling backoff from one second; a refusal (a permanent wire error) is not retried.
+func (f *fleet) dial(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool, a simAgent) (*quic.Conn, error) {
+	delay := time.Second
+	for attempt := 1; ; attempt++ {
+		c, err := f.connect(tr, raddr, roots, a)
+		var we *wire.Error
+		if err == nil || attempt == dialAttempts || (errors.As(err, &we) && we.Permanent) {
+			return c, err
+		}
+		f.retries.Add(1)
+		time.Sleep(delay)
+		if errors.As(err, &we) && we.RetryAfter > delay {
+			delay = we.RetryAfter
+		}
+		delay *= 2
+	}
+}
+
 func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool, a simAgent) (*quic.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -463,6 +491,12 @@ func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool
 	if err != nil {
 		return nil, err
 	}
+	up := false
+	defer func() {
+		if !up {
+			_ = conn.CloseWithError(0, "hello failed")
+		}
+	}()
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, err
@@ -484,12 +518,16 @@ func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool
 	}
 	ack, ok := m.(*wire.HelloAck)
 	if !ok {
+		if we, isErr := m.(*wire.Error); isErr {
+			return nil, we
+		}
 		return nil, fmt.Errorf("got %T, want hello_ack", m)
 	}
 	interval := ack.HeartbeatInterval
 	if interval <= 0 {
 		interval = 10 * time.Second
 	}
+	up = true
 	f.wg.Go(func() {
 		// Drain the control stream so the gateway's writes never block on us.
 		for {
