@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
-	"errors"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -408,8 +408,8 @@ type fleet struct {
 	// retries counts dials tried again after a failure, as the real agent's supervisor
 	// does (a lost handshake packet on a loaded machine, or the gateway's "unavailable").
 	retries atomic.Int64
-	stop       chan struct{}
-	wg         sync.WaitGroup
+	stop    chan struct{}
+	wg      sync.WaitGroup
 }
 
 // connectMany connects every agent: handshake, Hello, HelloAck, then a goroutine that

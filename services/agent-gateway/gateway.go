@@ -5,8 +5,8 @@
 // interfaces; service.go the admin and assignment logic; endpoints.go the go-kit
 // endpoints; transport_http.go the routes and codecs; postgres/ the Store. The tunnel
 // itself lives in tunnel.go (the QUIC listener and one goroutine set per connection),
-// hub.go (which connections this replica holds, and the LISTEN loop that tells it about
-// work for them) and enroll.go with ca.go (certificates). Module (module.go) mounts the
+// hub.go (which connections this replica holds, the LISTEN loop that tells it about
+// work for them, and the heartbeats it writes in batches) and enroll.go with ca.go (certificates). Module (module.go) mounts the
 // whole on a server, alone in its own binary or beside the others in the all-in-one one.
 //
 // # Delivery
@@ -15,7 +15,8 @@
 // is pending work. A write commits the row and a NOTIFY on the agent's channel in one
 // transaction; the replica that owns the agent's tunnel LISTENs on that channel and pushes
 // the change on a stream it opens. NOTIFY is lossy (a replica may be reconnecting to
-// PostgreSQL), so every connection also re-reads its pending rows periodically. On every
+// PostgreSQL), so each replica also sweeps its agents periodically, one query per tenant
+// for all of them, and wakes the tunnels of those with pending rows. On every
 // (re)connect the agent gets its full set with a checksum. The agent acknowledges the
 // generation it applied; acknowledgements only ever raise acked_generation, so duplicates
 // and reordering are harmless.
