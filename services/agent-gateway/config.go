@@ -40,9 +40,11 @@ const (
 	DefaultRetryMin    = time.Second
 	DefaultRetryMax    = 30 * time.Second
 	// DefaultConnectConcurrency is how many connections may claim their agent and load
-	// its state at once: under half of the default 20-connection database pool, so the
-	// rest stays free for registry lookups, heartbeats and the sweep during a storm.
-	DefaultConnectConcurrency = 8
+	// its state at once; the rest wait in-process for their turn, not in the database
+	// pool's queue. Measured with the 1,000-agent reconnect storm on a loaded 2-core
+	// machine: 8 (under half the default 20-connection pool) took 52 s to bring every
+	// agent back, 64 took 26 s, so the pool itself is left to be the tighter bound.
+	DefaultConnectConcurrency = 64
 )
 
 // Config is the gateway's own settings, beside the common server.Config.

@@ -791,10 +791,9 @@ func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshak
 }
 
 // connect claims the agent, records its Hello and reads its desired set, in one
-// transaction, once admitted: at most ConnectConcurrency connections do so at a time, so
-// that a reconnect storm queues here instead of taking every database connection from
-// the registry lookups of TLS handshakes (which then time out), the heartbeat flush and
-// the sweep. Waiting ends with the connection.
+// transaction (one round trip for its statements), once admitted: at most
+// ConnectConcurrency connections do so at a time and the rest of a storm waits here, for
+// as long as the connection lives, rather than in the database pool's queue.
 func (c *agentConn) connect(ctx context.Context, h Hello) ([]Assignment, error) {
 	select {
 	case c.g.admit <- struct{}{}:
