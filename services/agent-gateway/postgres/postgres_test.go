@@ -120,3 +120,33 @@ func TestOwnership(t *testing.T) {
 		t.Fatalf("claiming an unknown agent: %v", err)
 	}
 }
+
+// PendingAgents names exactly the listed agents of the context's tenant with
+// unacknowledged work: not acknowledged ones, not unlisted ones, not another tenant's.
+func TestPendingAgents(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	a, _ := env.Tenant(t, "alpha")
+	b, _ := env.Tenant(t, "beta")
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	ca, cb := ctxOf(a.ID), ctxOf(b.ID)
+	busy, done, unlisted := gateway.NewAgentID(), gateway.NewAgentID(), gateway.NewAgentID()
+	for _, id := range []gateway.AgentID{busy, done, unlisted} {
+		if err := s.CreateAgent(ca, gateway.Agent{ID: id, Name: string(id)}, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Assign(ca, gateway.AssignmentInput{SessionID: gateway.SessionID("s-" + id), AgentID: id, Desired: wire.DesiredRunning}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Ack(ca, done, gateway.SessionID("s-"+done), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.PendingAgents(ca, []gateway.AgentID{busy, done})
+	if err != nil || len(got) != 1 || got[0] != busy {
+		t.Fatalf("pending %v %v, want [%s]", got, err, busy)
+	}
+	if got, err := s.PendingAgents(cb, []gateway.AgentID{busy, done, unlisted}); err != nil || len(got) != 0 {
+		t.Fatalf("another tenant's pending agents: %v %v", got, err)
+	}
+}
