@@ -372,39 +372,35 @@ func (g *Gateway) acceptLoop() {
 
 // ownerLoop stamps the owner rows of held tunnels and closes those whose claim was lost
 // without this replica hearing the NOTIFY: a superseding connection, or a deletion.
-func (g *Gateway) ownerLoop() {
-	t := time.NewTicker(g.cfg.OwnerHeartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-t.C:
-		}
-		owned := g.hub.owned()
-		lost, err := g.store.RenewOwnership(g.ctx, g.id, owned)
-		if err != nil {
-			g.log.Warn("renewing owner rows", "err", err)
+func (g *Gateway) ownerLoop() { g.every(g.cfg.OwnerHeartbeat, g.renewOwnership) }
+
+func (g *Gateway) renewOwnership() {
+	owned := g.hub.owned()
+	lost, err := g.store.RenewOwnership(g.ctx, g.id, owned)
+	if err != nil {
+		g.log.Warn("renewing owner rows", "err", err)
+		return
+	}
+	for _, id := range lost {
+		c := g.hub.get(id)
+		if c == nil || c.connID != owned[id] {
 			continue
 		}
-		for _, id := range lost {
-			c := g.hub.get(id)
-			if c == nil || c.connID != owned[id] {
-				continue
-			}
-			reason := closeSuperseded
-			if _, err := g.store.DirectoryTenant(g.ctx, id); apperr.IsCode(err, apperr.NotFound) {
-				reason = closeRevoked
-			}
-			c.close(reason)
+		reason := closeSuperseded
+		if _, err := g.store.DirectoryTenant(g.ctx, id); apperr.IsCode(err, apperr.NotFound) {
+			reason = closeRevoked
 		}
+		c.close(reason)
 	}
 }
 
 // heartbeatLoop writes the tunnels' heartbeats every HeartbeatFlush, one statement per
 // tenant, and closes tunnels whose beat was refused because their claim was lost.
-func (g *Gateway) heartbeatLoop() {
-	t := time.NewTicker(g.cfg.HeartbeatFlush)
+func (g *Gateway) heartbeatLoop() { g.every(g.cfg.HeartbeatFlush, g.flushBeats) }
+
+// every runs fn every d until the gateway closes.
+func (g *Gateway) every(d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -412,7 +408,7 @@ func (g *Gateway) heartbeatLoop() {
 			return
 		case <-t.C:
 		}
-		g.flushBeats()
+		fn()
 	}
 }
 

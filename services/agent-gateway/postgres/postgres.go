@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -252,17 +254,22 @@ func (s *Store) RenewOwnership(ctx context.Context, gw string, owned map[gateway
 	if err != nil {
 		return nil, err
 	}
+	return missing(kept, maps.Keys(owned)), nil
+}
+
+// missing returns the ids that are not in kept, the rows a fenced statement changed.
+func missing(kept []string, ids iter.Seq[gateway.AgentID]) []gateway.AgentID {
 	still := make(map[string]bool, len(kept))
 	for _, k := range kept {
 		still[k] = true
 	}
 	var lost []gateway.AgentID
-	for id := range owned {
+	for id := range ids {
 		if !still[string(id)] {
 			lost = append(lost, id)
 		}
 	}
-	return lost, nil
+	return lost
 }
 
 // fence is the condition under which a connection may write about its agent.
@@ -400,17 +407,13 @@ func (s *Store) RecordHeartbeats(ctx context.Context, beats []gateway.Beat) ([]g
 	if err != nil {
 		return nil, err
 	}
-	still := make(map[string]bool, len(kept))
-	for _, k := range kept {
-		still[k] = true
-	}
-	var lost []gateway.AgentID
-	for _, b := range beats {
-		if !still[string(b.Agent)] {
-			lost = append(lost, b.Agent)
+	return missing(kept, func(yield func(gateway.AgentID) bool) {
+		for _, b := range beats {
+			if !yield(b.Agent) {
+				return
+			}
 		}
-	}
-	return lost, nil
+	}), nil
 }
 
 const assignmentCols = `session_id, agent_id, generation, desired, spec, acked_generation, ack_error, trace_parent, created_at, updated_at`
