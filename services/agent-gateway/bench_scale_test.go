@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -53,7 +55,9 @@ const agentsPerSocket = 1000
 // growth of its RSS (and of its Go heap in use) from before the agents connect to after
 // they have settled, divided by N; CPU is its user+system time over a measured window
 // (default 30 s, three heartbeat rounds; STREAMSPACE_BENCH_WINDOW overrides) divided by
-// the window. PostgreSQL's own CPU is not counted. Identity is replaced by a stub that
+// the window. PostgreSQL's own CPU is not counted. With STREAMSPACE_BENCH_PROFILE=DIR the
+// gateway also serves --debug-listen, and DIR receives its CPU profile of the window and
+// its heap and goroutine profiles after it. Identity is replaced by a stub that
 // validates enrollment tokens, since only the gateway is measured. Run with
 // -benchtime=1x; goals (issue 5): at most 100 KiB per agent and 25% of one core.
 func BenchmarkScaleIdleAgents(b *testing.B) {
@@ -77,16 +81,23 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		rss0, heap0 := gw.rss(b), gw.heapInuse(b)
 
 		began = time.Now()
+		// The first 20 s of connecting, when profiling: where a storm's time goes.
+		connecting := gw.profile(b, "connect-cpu", "/debug/pprof/profile?seconds=20")
 		fleet := connectMany(b, gw, ids)
 		connected := time.Since(began)
+		<-connecting
 		defer fleet.close()
 
 		// Let a few heartbeat rounds and keep-alives pass, and the GC find its level.
 		time.Sleep(15 * time.Second)
 		rss1, heap1 := gw.rss(b), gw.heapInuse(b)
 		cpu0, wall0 := gw.cpu(b), time.Now()
+		profiled := gw.profile(b, "cpu", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(window.Seconds())))
 		time.Sleep(window)
 		cpu1, wall1 := gw.cpu(b), time.Now()
+		<-profiled
+		<-gw.profile(b, "heap", "/debug/pprof/heap")
+		<-gw.profile(b, "goroutine", "/debug/pprof/goroutine")
 		up := fleet.up()
 		if up != n {
 			b.Errorf("%d of %d agents were still connected after the window", up, n)
@@ -101,6 +112,7 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		b.ReportMetric(enrolled.Seconds(), "enroll_s")
 		b.ReportMetric(connected.Seconds(), "connect_s")
 		b.ReportMetric(float64(fleet.beats.Load()), "heartbeats_sent")
+		b.ReportMetric(float64(fleet.retries.Load()), "dial_retries")
 		gw.stop(b)
 	}
 }
@@ -113,6 +125,8 @@ type gwProc struct {
 	agents string // agents' address: QUIC and HTTPS enrollment
 	caPool *x509.CertPool
 	log    *lockedBuffer
+	// debug is the profiling endpoint's base URL, when STREAMSPACE_BENCH_PROFILE is set.
+	debug, profileDir string
 }
 
 // lockedBuffer collects the gateway's output, written by exec's copier while the
@@ -173,7 +187,15 @@ func startGatewayProcess(b *testing.B) *gwProc {
 	adminAddr, agentAddr := freeAddr(b), freeUDPTCPAddr(b)
 	g := &gwProc{env: env, admin: "http://" + adminAddr, agents: agentAddr, log: &lockedBuffer{}}
 	g.cmd = exec.Command(bin, "--database-url", env.URL, "--listen", adminAddr, "--agent-listen", agentAddr,
-		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", "warn")
+		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", cmp.Or(os.Getenv("STREAMSPACE_BENCH_LOG_LEVEL"), "warn"))
+	if dir := os.Getenv("STREAMSPACE_BENCH_PROFILE"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		debugAddr := freeAddr(b)
+		g.debug, g.profileDir = "http://"+debugAddr, dir
+		g.cmd.Args = append(g.cmd.Args, "--debug-listen", debugAddr)
+	}
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -221,10 +243,39 @@ func (g *gwProc) stop(b *testing.B) {
 	}
 }
 
+// profile saves the gateway's profile at path (under its debug endpoint) as
+// DIR/<agents>-<name>.pprof when profiling is on; the channel closes when it is written.
+func (g *gwProc) profile(b *testing.B, name, path string) <-chan struct{} {
+	b.Helper()
+	done := make(chan struct{})
+	if g.debug == "" {
+		close(done)
+		return done
+	}
+	file := filepath.Join(g.profileDir, fmt.Sprintf("%d-%s.pprof", envInt(b, "STREAMSPACE_BENCH_AGENTS", 10000), name))
+	go func() {
+		defer close(done)
+		resp, err := http.Get(g.debug + path)
+		if err != nil {
+			b.Errorf("profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		raw, err := io.ReadAll(resp.Body)
+		if err == nil {
+			err = os.WriteFile(file, raw, 0o644)
+		}
+		if err != nil {
+			b.Errorf("profile %s: %v", name, err)
+		}
+	}()
+	return done
+}
+
 // tail returns the end of the gateway's log.
 func (g *gwProc) tail() string {
 	s := g.log.String()
-	return s[max(0, len(s)-4000):]
+	return s[max(0, len(s)-12000):]
 }
 
 // rss is the gateway's resident set in bytes, from /proc.
@@ -354,8 +405,11 @@ type fleet struct {
 	transports []*quic.Transport
 	conns      []*quic.Conn
 	beats      atomic.Int64
-	stop       chan struct{}
-	wg         sync.WaitGroup
+	// retries counts dials tried again after a failure, as the real agent's supervisor
+	// does (a lost handshake packet on a loaded machine, or the gateway's "unavailable").
+	retries atomic.Int64
+	stop    chan struct{}
+	wg      sync.WaitGroup
 }
 
 // connectMany connects every agent: handshake, Hello, HelloAck, then a goroutine that
@@ -385,7 +439,7 @@ func connectMany(b *testing.B, g *gwProc, agents []simAgent) *fleet {
 				if i >= len(agents) || failed.Load() != nil {
 					return
 				}
-				c, err := f.connect(f.transports[i/agentsPerSocket], raddr, g.caPool, agents[i])
+				c, err := f.dial(f.transports[i/agentsPerSocket], raddr, g.caPool, agents[i])
 				if err != nil {
 					failed.Store(fmt.Errorf("agent %d: %w", i, err))
 					return
@@ -396,10 +450,35 @@ func connectMany(b *testing.B, g *gwProc, agents []simAgent) *fleet {
 	}
 	wg.Wait()
 	if err := failed.Load(); err != nil {
+		// Where the gateway's goroutines wait, when profiling: the cause of a stuck handshake.
+		<-g.profile(b, "failed-goroutines", "/debug/pprof/goroutine?debug=2")
 		f.close()
 		b.Fatalf("connecting: %v\ngateway log (tail):\n%s", err, g.tail())
 	}
 	return f
+}
+
+// dialAttempts is how often an agent of the fleet tries before the benchmark counts it as
+// given up.
+const dialAttempts = 5
+
+// dial connects an agent, trying again after a failed attempt with the real agent's
+// doubling backoff from one second; a refusal (a permanent wire error) is not retried.
+func (f *fleet) dial(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool, a simAgent) (*quic.Conn, error) {
+	delay := time.Second
+	for attempt := 1; ; attempt++ {
+		c, err := f.connect(tr, raddr, roots, a)
+		var we *wire.Error
+		if err == nil || attempt == dialAttempts || (errors.As(err, &we) && we.Permanent) {
+			return c, err
+		}
+		f.retries.Add(1)
+		time.Sleep(delay)
+		if errors.As(err, &we) && we.RetryAfter > delay {
+			delay = we.RetryAfter
+		}
+		delay *= 2
+	}
 }
 
 func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool, a simAgent) (*quic.Conn, error) {
@@ -412,6 +491,12 @@ func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool
 	if err != nil {
 		return nil, err
 	}
+	up := false
+	defer func() {
+		if !up {
+			_ = conn.CloseWithError(0, "hello failed")
+		}
+	}()
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, err
@@ -433,12 +518,16 @@ func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool
 	}
 	ack, ok := m.(*wire.HelloAck)
 	if !ok {
+		if we, isErr := m.(*wire.Error); isErr {
+			return nil, we
+		}
 		return nil, fmt.Errorf("got %T, want hello_ack", m)
 	}
 	interval := ack.HeartbeatInterval
 	if interval <= 0 {
 		interval = 10 * time.Second
 	}
+	up = true
 	f.wg.Go(func() {
 		// Drain the control stream so the gateway's writes never block on us.
 		for {

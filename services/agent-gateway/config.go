@@ -19,18 +19,32 @@ const (
 	DefaultHeartbeatInterval = 10 * time.Second
 	DefaultDegradedAfter     = 30 * time.Second
 	DefaultOfflineAfter      = 60 * time.Second
-	// DefaultResync is how often a connection re-reads its pending work even without a
-	// NOTIFY: the bound on delivery delay when a notification is lost.
+	// DefaultResync is how often a replica sweeps its agents for pending work even without
+	// a NOTIFY: the bound on delivery delay when a notification is lost.
 	DefaultResync = 5 * time.Second
+	// DefaultHeartbeatFlush is how often a replica writes the heartbeats it received, one
+	// statement per tenant. It delays last_seen by at most this much, far below the 30 s
+	// after which a silent agent is degraded.
+	DefaultHeartbeatFlush = 3 * time.Second
 	// DefaultOwnerHeartbeat is how often a replica stamps the owner rows of its agents,
 	// and so how quickly it notices a lost claim whose NOTIFY it missed.
 	DefaultOwnerHeartbeat = 2 * time.Second
 	// DefaultKeepAlive is far below the 30 s UDP conntrack timeout of common firewalls
-	// (STACK.md), so an idle tunnel's state never expires on the agent's side.
+	// (STACK.md), so an idle tunnel's state never expires on the agent's side. The agent
+	// keeps its tunnel alive at the same period; both sides pinging costs packets, but
+	// the scale benchmark showed it is what keeps tunnels up when one side drops packets
+	// (a 15 s gateway keep-alive lost most of 10,000 agents to idle timeouts when the
+	// gateway's socket overflowed).
 	DefaultKeepAlive   = 5 * time.Second
 	DefaultIdleTimeout = 30 * time.Second
 	DefaultRetryMin    = time.Second
 	DefaultRetryMax    = 30 * time.Second
+	// DefaultConnectConcurrency is how many connections may claim their agent and load
+	// its state at once; the rest wait in-process for their turn, not in the database
+	// pool's queue. Measured with the 1,000-agent reconnect storm on a loaded 2-core
+	// machine: 8 (under half the default 20-connection pool) took 52 s to bring every
+	// agent back, 64 took 26 s, so the pool itself is left to be the tighter bound.
+	DefaultConnectConcurrency = 64
 )
 
 // Config is the gateway's own settings, beside the common server.Config.
@@ -57,6 +71,9 @@ type Config struct {
 	// Resync bounds delivery delay when a NOTIFY is lost; OwnerHeartbeat paces the
 	// owner-row stamps.
 	Resync, OwnerHeartbeat time.Duration
+	// HeartbeatFlush paces the batched heartbeat writes; by default DefaultHeartbeatFlush,
+	// or half the heartbeat interval when that is shorter.
+	HeartbeatFlush time.Duration
 	// KeepAlive and IdleTimeout tune QUIC liveness.
 	KeepAlive, IdleTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff of unacknowledged work.
@@ -66,6 +83,8 @@ type Config struct {
 	// SessionsURL is the sessions service's base URL, for a standalone gateway to look up
 	// the sessions browsers stream; the all-in-one binary asks it in-process.
 	SessionsURL string
+	// ConnectConcurrency bounds the connections registering at once; the rest queue.
+	ConnectConcurrency int
 
 	// serverNames holds the raw --agent-server-names until withDefaults splits it.
 	serverNames *string
@@ -89,7 +108,9 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Duration(fs, &c.HeartbeatInterval, "agent-heartbeat", "STREAMSPACE_AGENT_HEARTBEAT", DefaultHeartbeatInterval, "heartbeat interval agents are told to use")
 	config.Duration(fs, &c.DegradedAfter, "agent-degraded-after", "STREAMSPACE_AGENT_DEGRADED_AFTER", DefaultDegradedAfter, "silence after which an agent is degraded")
 	config.Duration(fs, &c.OfflineAfter, "agent-offline-after", "STREAMSPACE_AGENT_OFFLINE_AFTER", DefaultOfflineAfter, "silence after which an agent is offline")
-	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often pending work is re-read without a notification")
+	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often the replica sweeps its agents for pending work without a notification")
+	config.Duration(fs, &c.HeartbeatFlush, "agent-heartbeat-flush", "STREAMSPACE_AGENT_HEARTBEAT_FLUSH", 0, "how often received heartbeats are written, one statement per tenant (default 3s, or half --agent-heartbeat if shorter)")
+	config.Int(fs, &c.ConnectConcurrency, "agent-connect-concurrency", "STREAMSPACE_AGENT_CONNECT_CONCURRENCY", DefaultConnectConcurrency, "connections that may register at once (a database transaction each); the rest queue")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
 	config.Duration(fs, &c.TrafficFlush, "traffic-flush", "STREAMSPACE_TRAFFIC_FLUSH", DefaultTrafficFlush, "how often session traffic (bytes, last activity) is written to the database")
@@ -118,11 +139,15 @@ func (c Config) WithDefaults() Config {
 	def(&c.OfflineAfter, DefaultOfflineAfter)
 	def(&c.Resync, DefaultResync)
 	def(&c.OwnerHeartbeat, DefaultOwnerHeartbeat)
+	def(&c.HeartbeatFlush, min(DefaultHeartbeatFlush, c.HeartbeatInterval/2))
 	def(&c.KeepAlive, DefaultKeepAlive)
 	def(&c.IdleTimeout, DefaultIdleTimeout)
 	def(&c.RetryMin, DefaultRetryMin)
 	def(&c.RetryMax, DefaultRetryMax)
 	def(&c.TrafficFlush, DefaultTrafficFlush)
+	if c.ConnectConcurrency <= 0 {
+		c.ConnectConcurrency = DefaultConnectConcurrency
+	}
 	return c
 }
 
@@ -156,6 +181,9 @@ func (c Config) Validate() error {
 	}
 	if c.DegradedAfter <= c.HeartbeatInterval || c.OfflineAfter <= c.DegradedAfter {
 		errs = append(errs, errors.New("want heartbeat < degraded-after < offline-after"))
+	}
+	if c.HeartbeatFlush >= c.DegradedAfter-c.HeartbeatInterval {
+		errs = append(errs, errors.New("--agent-heartbeat-flush must be below --agent-degraded-after minus --agent-heartbeat"))
 	}
 	if c.KeepAlive >= c.IdleTimeout || c.KeepAlive > 25*time.Second {
 		errs = append(errs, errors.New("--agent-keepalive must be below the idle timeout and 25s"))

@@ -5,8 +5,8 @@
 // interfaces; service.go the admin and assignment logic; endpoints.go the go-kit
 // endpoints; transport_http.go the routes and codecs; postgres/ the Store. The tunnel
 // itself lives in tunnel.go (the QUIC listener and one goroutine set per connection),
-// hub.go (which connections this replica holds, and the LISTEN loop that tells it about
-// work for them) and enroll.go with ca.go (certificates). Module (module.go) mounts the
+// hub.go (which connections this replica holds, the LISTEN loop that tells it about
+// work for them, and the heartbeats it writes in batches) and enroll.go with ca.go (certificates). Module (module.go) mounts the
 // whole on a server, alone in its own binary or beside the others in the all-in-one one.
 //
 // # Delivery
@@ -15,7 +15,8 @@
 // is pending work. A write commits the row and a NOTIFY on the agent's channel in one
 // transaction; the replica that owns the agent's tunnel LISTENs on that channel and pushes
 // the change on a stream it opens. NOTIFY is lossy (a replica may be reconnecting to
-// PostgreSQL), so every connection also re-reads its pending rows periodically. On every
+// PostgreSQL), so each replica also sweeps its agents periodically, one query per tenant
+// for all of them, and wakes the tunnels of those with pending rows. On every
 // (re)connect the agent gets its full set with a checksum. The agent acknowledges the
 // generation it applied; acknowledgements only ever raise acked_generation, so duplicates
 // and reordering are harmless.
@@ -269,6 +270,13 @@ type Owner struct {
 	Conn    string
 }
 
+// Beat is the latest heartbeat of one agent's connection, as a batch records it.
+type Beat struct {
+	Agent    AgentID
+	Conn     string
+	Capacity Capacity
+}
+
 // Store is the gateway's persistence. Tenant-scoped methods read the tenant from ctx (a
 // principal, or auth.AsSystem for an agent identified by its certificate); the others
 // touch only the platform schema. Methods taking an Owner are fenced: they change nothing
@@ -302,8 +310,13 @@ type Store interface {
 	Release(ctx context.Context, id AgentID, o Owner) error
 	// RecordHello stores the agent's facts and marks it online (tenant-scoped, fenced).
 	RecordHello(ctx context.Context, id AgentID, o Owner, h Hello) error
-	// RecordHeartbeat stores capacity and marks the agent online (tenant-scoped, fenced).
-	RecordHeartbeat(ctx context.Context, id AgentID, o Owner, c Capacity) error
+	// Connect is a connection's start in one transaction: Claim, RecordHello and
+	// DesiredSet (tenant-scoped). NotFound: the agent was deleted.
+	Connect(ctx context.Context, id AgentID, o Owner, h Hello) ([]Assignment, error)
+	// RecordHeartbeats stores each beat's capacity and marks its agent online, seen now,
+	// in one statement (tenant-scoped, fenced per beat). It returns the agents whose beat
+	// was refused because its connection no longer owns the agent.
+	RecordHeartbeats(ctx context.Context, beats []Beat) (lost []AgentID, err error)
 
 	// Assign upserts an assignment and announces it (tenant-scoped). See Service.Assign.
 	Assign(ctx context.Context, in AssignmentInput, traceParent string) (Assignment, error)
@@ -323,6 +336,9 @@ type Store interface {
 	// AgentAssignments lists every assignment of an agent, and its unacknowledged
 	// retirements (tenant-scoped).
 	AgentAssignments(ctx context.Context, id AgentID) ([]Assignment, error)
+	// PendingAgents returns which of ids have unacknowledged assignments or retirements
+	// (tenant-scoped).
+	PendingAgents(ctx context.Context, ids []AgentID) ([]AgentID, error)
 	// Pending returns the agent's unacknowledged assignments and retirements
 	// (tenant-scoped).
 	Pending(ctx context.Context, id AgentID) ([]Assignment, error)

@@ -18,10 +18,12 @@ type hub struct {
 	mu    sync.Mutex
 	conns map[AgentID]*agentConn
 	ln    *notifier
+	// sweeps asks the replica's sweep which of the given agents have pending work.
+	sweeps *sweeper
 }
 
 func newHub(log *slog.Logger, connCfg *pgx.ConnConfig) *hub {
-	h := &hub{log: log, conns: map[AgentID]*agentConn{}}
+	h := &hub{log: log, conns: map[AgentID]*agentConn{}, sweeps: newSweeper()}
 	h.ln = newNotifier(log, connCfg, h.notified, h.listening, h.reconnected)
 	return h
 }
@@ -101,15 +103,125 @@ func (h *hub) notified(channel, payload string) {
 	}
 }
 
-// listening runs once a LISTEN is in effect: anything announced before it was missed, so
-// the tunnel re-reads its pending work.
-func (h *hub) listening(channel string) { h.notified(channel, NotifyWork) }
+// listening runs once LISTENs are in effect: anything announced on those channels before
+// was missed, so the sweep asks, in one query per tenant, which of those agents have
+// pending work, and wakes only their tunnels.
+func (h *hub) listening(channels []string) {
+	ids := make([]AgentID, 0, len(channels))
+	for _, ch := range channels {
+		if id, ok := strings.CutPrefix(ch, "ss_agent_"); ok {
+			ids = append(ids, AgentID(id))
+		}
+	}
+	h.sweeps.want(ids)
+}
 
 // reconnected runs after the LISTEN connection was re-established: every notification of
-// the gap may be lost, so every tunnel re-reads.
-func (h *hub) reconnected() {
-	for _, c := range h.all() {
-		c.poke()
+// the gap may be lost, so the sweep checks every tunnel at once.
+func (h *hub) reconnected() { h.sweeps.wantAll() }
+
+// sweeper collects the agents whose pending work must be looked up outside the periodic
+// sweep (their LISTEN just took effect, or the LISTEN connection was lost), for the
+// replica's one sweep loop to look up together.
+type sweeper struct {
+	mu   sync.Mutex
+	ids  map[AgentID]bool
+	all  bool
+	kick chan struct{}
+}
+
+func newSweeper() *sweeper {
+	return &sweeper{ids: map[AgentID]bool{}, kick: make(chan struct{}, 1)}
+}
+
+func (s *sweeper) want(ids []AgentID) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, id := range ids {
+		s.ids[id] = true
+	}
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *sweeper) wantAll() {
+	s.mu.Lock()
+	s.all = true
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *sweeper) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// take returns and clears what was asked for.
+func (s *sweeper) take() (ids map[AgentID]bool, all bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids, all = s.ids, s.all
+	s.ids, s.all = map[AgentID]bool{}, false
+	return ids, all
+}
+
+// beats holds the newest heartbeat of every tunnel that beat since the last flush: the
+// replica writes them per tenant in one statement, instead of one transaction per
+// heartbeat. A tunnel's last_seen then lags by at most the flush interval.
+type beats struct {
+	mu sync.Mutex
+	m  map[AgentID]beat
+}
+
+// beat is one tunnel's newest heartbeat.
+type beat struct {
+	c        *agentConn
+	capacity Capacity
+}
+
+func (b *beats) record(c *agentConn, capacity Capacity) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[AgentID]beat{}
+	}
+	b.m[c.id.Agent] = beat{c: c, capacity: capacity}
+}
+
+// forget drops c's unwritten beat: a closing tunnel must not mark its agent online after
+// it was released.
+func (b *beats) forget(c *agentConn) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur, ok := b.m[c.id.Agent]; ok && cur.c == c {
+		delete(b.m, c.id.Agent)
+	}
+}
+
+// take returns and clears the beats to write.
+func (b *beats) take() map[AgentID]beat {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := b.m
+	b.m = nil
+	return out
+}
+
+// restore puts back beats whose write failed, unless a newer beat arrived meanwhile.
+func (b *beats) restore(failed []beat) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[AgentID]beat{}
+	}
+	for _, x := range failed {
+		if _, newer := b.m[x.c.id.Agent]; !newer {
+			b.m[x.c.id.Agent] = x
+		}
 	}
 }
 
@@ -120,7 +232,7 @@ type notifier struct {
 	log         *slog.Logger
 	cfg         *pgx.ConnConfig
 	onNotify    func(channel, payload string)
-	onListen    func(channel string)
+	onListen    func(channels []string)
 	onReconnect func()
 
 	mu   sync.Mutex
@@ -128,7 +240,7 @@ type notifier struct {
 	poke chan struct{}
 }
 
-func newNotifier(log *slog.Logger, cfg *pgx.ConnConfig, onNotify func(string, string), onListen func(string), onReconnect func()) *notifier {
+func newNotifier(log *slog.Logger, cfg *pgx.ConnConfig, onNotify func(string, string), onListen func([]string), onReconnect func()) *notifier {
 	return &notifier{log: log, cfg: cfg, onNotify: onNotify, onListen: onListen, onReconnect: onReconnect,
 		want: map[string]bool{}, poke: make(chan struct{}, 1)}
 }
@@ -233,18 +345,44 @@ func (n *notifier) sync(ctx context.Context, conn *pgx.Conn, have map[string]boo
 		}
 	}
 	n.mu.Unlock()
-	for _, ch := range add {
-		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+	// Many (UN)LISTENs go in one round trip: an agent storm adds thousands at once, and
+	// one statement per channel would queue each behind the last.
+	for len(add) > 0 {
+		batch := add[:min(len(add), listenBatch)]
+		add = add[len(batch):]
+		if err := execEach(ctx, conn, "LISTEN ", batch); err != nil {
 			return err
 		}
-		have[ch] = true
-		n.onListen(ch)
+		for _, ch := range batch {
+			have[ch] = true
+		}
+		n.onListen(batch)
 	}
-	for _, ch := range drop {
-		if _, err := conn.Exec(ctx, "UNLISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+	for len(drop) > 0 {
+		batch := drop[:min(len(drop), listenBatch)]
+		drop = drop[len(batch):]
+		if err := execEach(ctx, conn, "UNLISTEN ", batch); err != nil {
 			return err
 		}
-		delete(have, ch)
+		for _, ch := range batch {
+			delete(have, ch)
+		}
 	}
 	return nil
+}
+
+// listenBatch bounds the channels of one LISTEN round trip.
+const listenBatch = 500
+
+// execEach runs verb on every channel in one simple-protocol round trip (an Exec without
+// arguments), which PostgreSQL runs as one implicit transaction.
+func execEach(ctx context.Context, conn *pgx.Conn, verb string, channels []string) error {
+	var b strings.Builder
+	for _, ch := range channels {
+		b.WriteString(verb)
+		b.WriteString(pgx.Identifier{ch}.Sanitize())
+		b.WriteString(";")
+	}
+	_, err := conn.Exec(ctx, b.String())
+	return err
 }

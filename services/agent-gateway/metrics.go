@@ -13,6 +13,10 @@ type metrics struct {
 	acks          *prometheus.CounterVec
 	refused       prometheus.Counter
 	protocolFails prometheus.Counter
+	// heartbeatBatches counts batched heartbeat writes (one per tenant per flush).
+	heartbeatBatches prometheus.Counter
+	// sweeps counts pending-work sweeps.
+	sweeps prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -27,6 +31,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Session statuses refused because the session is not the reporting agent's in its tenant."}),
 		protocolFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_protocol_errors_total",
 			Help: "Tunnels closed because the agent broke the protocol."}),
+		heartbeatBatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_heartbeat_batches_total",
+			Help: "Batched heartbeat writes: one statement per tenant per flush."}),
+		sweeps: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_sweeps_total",
+			Help: "Sweeps for pending work that wake the tunnels of agents with unacknowledged assignments."}),
 	}
 	if reg == nil {
 		return m
@@ -36,6 +44,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.acks = reuse(reg, m.acks)
 	m.refused = reuse(reg, m.refused)
 	m.protocolFails = reuse(reg, m.protocolFails)
+	m.heartbeatBatches = reuse(reg, m.heartbeatBatches)
+	m.sweeps = reuse(reg, m.sweeps)
 	return m
 }
 

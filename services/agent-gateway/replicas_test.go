@@ -75,14 +75,17 @@ func TestTwoReplicas(t *testing.T) {
 }
 
 // A replica that misses its NOTIFY (here: there is none, the row is changed directly)
-// still finds the work on its periodic re-read.
-func TestLostNotificationIsCoveredByResync(t *testing.T) {
+// still finds the work on its periodic sweep, which wakes only the tunnels of agents
+// with pending work.
+func TestLostNotificationIsCoveredBySweep(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, 1, func(c *gateway.Config) { c.Resync = 300 * time.Millisecond })
 	_, ctx := h.tenant("acme")
 	e := h.enroll(h.gw(), h.token(ctx, "edge"))
 	ag := h.connect(h.gw(), e)
 	ag.nextPush(5 * time.Second)
+	idle := h.connect(h.gw(), h.enroll(h.gw(), h.token(ctx, "idle")))
+	idle.nextPush(5 * time.Second)
 	tid := mustTenant(t, ctx)
 	if _, err := h.env.Pool.Exec(context.Background(), `INSERT INTO "t_`+string(tid)+`".session_assignments (session_id, agent_id, generation, desired)
 		VALUES ('silent', $1, 1, 'running')`, string(e.resp.AgentID)); err != nil {
@@ -92,6 +95,13 @@ func TestLostNotificationIsCoveredByResync(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 	waitAcked(t, h.svc(), ctx, "silent", 1)
+	// Several sweeps later, the agent without work has been sent nothing.
+	time.Sleep(time.Second)
+	select {
+	case p := <-idle.pushes:
+		t.Fatalf("the idle agent got a push: %+v", p.assignments())
+	default:
+	}
 }
 
 func spanNames(rec *tracetest.SpanRecorder) map[string][]sdktrace.ReadOnlySpan {
@@ -167,14 +177,15 @@ func TestAgentStateAges(t *testing.T) {
 			return nil
 		})
 	}
-	// A heartbeat brings it back.
-	if err := ag.ctrlW.Write(&wire.Heartbeat{Seq: 1}); err != nil {
+	// A heartbeat brings it back, with the capacity it reports, once the replica has
+	// written its batch.
+	if err := ag.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: wire.Capacity{Sessions: 7, MaxSessions: 9}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Second, func() error {
 		a, err := h.svc().Agent(ctx, e.resp.AgentID)
-		if err != nil || a.State != gateway.StateOnline {
-			return fmt.Errorf("state %s after a heartbeat (%v)", a.State, err)
+		if err != nil || a.State != gateway.StateOnline || a.Capacity.Sessions != 7 || a.Capacity.MaxSessions != 9 {
+			return fmt.Errorf("state %s, capacity %+v after a heartbeat (%v)", a.State, a.Capacity, err)
 		}
 		return nil
 	})

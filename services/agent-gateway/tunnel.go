@@ -31,6 +31,7 @@ import (
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/seal"
+	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/wire"
 	"streamspace.dev/libs/wire/wireotel"
 )
@@ -82,6 +83,9 @@ type Gateway struct {
 	hub      *hub
 	metrics  *metrics
 	verified verdicts
+	beats    beats
+	// admit holds a token per connection between its Hello and its HelloAck.
+	admit chan struct{}
 
 	udp   net.PacketConn
 	ql    *quic.Listener
@@ -132,6 +136,7 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	g := &Gateway{cfg: cfg, id: cfg.GatewayID, store: o.Store, ca: ca, enroller: o.Enroller,
 		log: o.Logger.With("gateway_id", cfg.GatewayID), tracer: tp.Tracer("streamspace.dev/services/agent-gateway")}
 	g.hub = newHub(g.log, o.ConnConfig)
+	g.admit = make(chan struct{}, cfg.ConnectConcurrency)
 	g.metrics = newMetrics(o.Registry)
 
 	var serverCert tls.Certificate
@@ -149,6 +154,8 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	g.wg.Go(func() { g.hub.ln.run(g.ctx) })
 	g.wg.Go(g.acceptLoop)
 	g.wg.Go(g.ownerLoop)
+	g.wg.Go(g.heartbeatLoop)
+	g.wg.Go(g.sweepLoop)
 	g.wg.Go(func() {
 		if err := g.https.Serve(g.tcp); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			g.log.Error("enrollment listener failed", "err", err)
@@ -365,8 +372,35 @@ func (g *Gateway) acceptLoop() {
 
 // ownerLoop stamps the owner rows of held tunnels and closes those whose claim was lost
 // without this replica hearing the NOTIFY: a superseding connection, or a deletion.
-func (g *Gateway) ownerLoop() {
-	t := time.NewTicker(g.cfg.OwnerHeartbeat)
+func (g *Gateway) ownerLoop() { g.every(g.cfg.OwnerHeartbeat, g.renewOwnership) }
+
+func (g *Gateway) renewOwnership() {
+	owned := g.hub.owned()
+	lost, err := g.store.RenewOwnership(g.ctx, g.id, owned)
+	if err != nil {
+		g.log.Warn("renewing owner rows", "err", err)
+		return
+	}
+	for _, id := range lost {
+		c := g.hub.get(id)
+		if c == nil || c.connID != owned[id] {
+			continue
+		}
+		reason := closeSuperseded
+		if _, err := g.store.DirectoryTenant(g.ctx, id); apperr.IsCode(err, apperr.NotFound) {
+			reason = closeRevoked
+		}
+		c.close(reason)
+	}
+}
+
+// heartbeatLoop writes the tunnels' heartbeats every HeartbeatFlush, one statement per
+// tenant, and closes tunnels whose beat was refused because their claim was lost.
+func (g *Gateway) heartbeatLoop() { g.every(g.cfg.HeartbeatFlush, g.flushBeats) }
+
+// every runs fn every d until the gateway closes.
+func (g *Gateway) every(d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -374,24 +408,98 @@ func (g *Gateway) ownerLoop() {
 			return
 		case <-t.C:
 		}
-		owned := g.hub.owned()
-		lost, err := g.store.RenewOwnership(g.ctx, g.id, owned)
+		fn()
+	}
+}
+
+func (g *Gateway) flushBeats() {
+	byTenant := map[tenant.ID][]beat{}
+	for _, b := range g.beats.take() {
+		byTenant[b.c.id.Tenant] = append(byTenant[b.c.id.Tenant], b)
+	}
+	for tid, bs := range byTenant {
+		rows := make([]Beat, len(bs))
+		byAgent := make(map[AgentID]*agentConn, len(bs))
+		for i, b := range bs {
+			rows[i] = Beat{Agent: b.c.id.Agent, Conn: b.c.connID, Capacity: b.capacity}
+			byAgent[b.c.id.Agent] = b.c
+		}
+		lost, err := g.store.RecordHeartbeats(g.sys(tid), rows)
 		if err != nil {
-			g.log.Warn("renewing owner rows", "err", err)
+			if g.ctx.Err() == nil {
+				g.log.Warn("recording heartbeats", "tenant_id", tid, "count", len(rows), "err", err)
+				g.beats.restore(bs)
+			}
 			continue
 		}
+		g.metrics.heartbeatBatches.Inc()
 		for _, id := range lost {
-			c := g.hub.get(id)
-			if c == nil || c.connID != owned[id] {
-				continue
+			if c := byAgent[id]; g.hub.get(id) == c {
+				c.close(closeSuperseded)
 			}
-			reason := closeSuperseded
-			if _, err := g.store.DirectoryTenant(g.ctx, id); apperr.IsCode(err, apperr.NotFound) {
-				reason = closeRevoked
-			}
-			c.close(reason)
 		}
 	}
+}
+
+// sweepLoop is delivery's safety net for lost notifications: every Resync it asks, in one
+// query per tenant, which of this replica's agents have unacknowledged work, and wakes
+// only those tunnels. Between sweeps it answers the hub's requests for particular
+// agents (their LISTEN just took effect) or for all of them (the LISTEN connection was
+// re-established).
+func (g *Gateway) sweepLoop() {
+	t := time.NewTicker(g.cfg.Resync)
+	defer t.Stop()
+	for {
+		tick := false
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+			tick = true
+		case <-g.hub.sweeps.kick:
+		}
+		asked, all := g.hub.sweeps.take()
+		var conns []*agentConn
+		if tick || all {
+			conns = g.hub.all()
+		} else {
+			for id := range asked {
+				if c := g.hub.get(id); c != nil {
+					conns = append(conns, c)
+				}
+			}
+		}
+		g.sweep(conns)
+	}
+}
+
+// sweep wakes those of conns whose agent has pending work.
+func (g *Gateway) sweep(conns []*agentConn) {
+	byTenant := map[tenant.ID][]AgentID{}
+	for _, c := range conns {
+		byTenant[c.id.Tenant] = append(byTenant[c.id.Tenant], c.id.Agent)
+	}
+	for tid, ids := range byTenant {
+		pending, err := g.store.PendingAgents(g.sys(tid), ids)
+		if err != nil {
+			if g.ctx.Err() == nil {
+				g.log.Warn("sweeping for pending work", "tenant_id", tid, "err", err)
+			}
+			continue
+		}
+		for _, id := range pending {
+			if c := g.hub.get(id); c != nil {
+				c.poke()
+			}
+		}
+	}
+	g.metrics.sweeps.Inc()
+}
+
+// sys returns ctx acting for tenant tid as this replica, for the writes it makes on
+// behalf of many agents at once.
+func (g *Gateway) sys(tid tenant.ID) context.Context {
+	return auth.AsSystem(g.ctx, tid, "gateway:"+g.id)
 }
 
 // backoff is the retry delay of the attempts-th unacknowledged push: doubling from
@@ -451,6 +559,10 @@ type flight struct {
 	gen      int64
 	attempts int
 	nextAt   time.Time
+	// acked: the agent acknowledged gen. The flight is kept until a read of pending work
+	// no longer lists it, so that a read taken just before the ack was stored does not
+	// push gen again.
+	acked bool
 }
 
 // sys returns ctx acting for the agent's tenant, as its certificate established.
@@ -537,6 +649,7 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	defer func() {
 		c.close(closeDone)
 		g.hub.remove(c)
+		g.beats.forget(c)
 		if err := g.store.Release(c.sys(context.WithoutCancel(ctx)), id.Agent, c.owner); err != nil && !errors.Is(err, ErrNotOwner) {
 			c.log.Warn("releasing the owner row", "err", err)
 		}
@@ -639,9 +752,13 @@ func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshak
 			return handshakeResult{}, err
 		}
 	}
-	sctx := c.sys(ctx)
-	if err := c.g.store.Claim(ctx, c.id.Agent, c.owner); err != nil {
-		c.log.Warn("claiming the agent", "err", err)
+	tags, dropped := reportedTags(hello)
+	if len(dropped) > 0 {
+		c.log.Warn("ignoring agent-reported tags an admin could not set", "tags", dropped)
+	}
+	set, err := c.connect(ctx, Hello{Version: hello.AgentVersion, ReportedTags: tags, Facts: hello.Cluster, Capacity: hello.Capacity})
+	if err != nil {
+		c.log.Warn("claiming the agent and loading its state", "err", err)
 		if apperr.IsCode(err, apperr.NotFound) {
 			c.fail(w, &wire.Error{Code: wire.CodeForbidden, Message: "the agent was deleted", Permanent: true}, closeRevoked)
 		} else {
@@ -650,23 +767,9 @@ func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshak
 		return handshakeResult{}, err
 	}
 	c.ctrl = w
+	// Work announced between reading the set and the LISTEN taking effect is found by the
+	// sweep the hub asks for once it does.
 	c.g.hub.add(c)
-	tags, dropped := reportedTags(hello)
-	if len(dropped) > 0 {
-		c.log.Warn("ignoring agent-reported tags an admin could not set", "tags", dropped)
-	}
-	err = c.g.store.RecordHello(sctx, c.id.Agent, c.owner, Hello{Version: hello.AgentVersion,
-		ReportedTags: tags, Facts: hello.Cluster, Capacity: hello.Capacity})
-	var set []Assignment
-	if err == nil {
-		set, err = c.g.store.DesiredSet(sctx, c.id.Agent)
-	}
-	if err != nil {
-		c.log.Warn("loading the agent's state", "err", err)
-		c.g.hub.remove(c)
-		c.fail(w, unavailable("cannot load the agent's state; try again later"), closeUnavailable)
-		return handshakeResult{}, err
-	}
 	sum := wire.Checksum(toWire(c.id, set))
 	// The agent's applied set matches: HelloAck says so with the same checksum, and the
 	// full push is skipped (the agent then reconciles locally against what it applied).
@@ -681,6 +784,20 @@ func (c *agentConn) handshakeSteps(ctx context.Context, verified bool) (handshak
 	c.log.Info("agent connected", "agent_version", hello.AgentVersion, "protocol", accepted.String(), "desired", len(set),
 		"current", current, "verified_late", !verified)
 	return handshakeResult{r: r, set: set, current: current}, nil
+}
+
+// connect claims the agent, records its Hello and reads its desired set, in one
+// transaction (one round trip for its statements), once admitted: at most
+// ConnectConcurrency connections do so at a time and the rest of a storm waits here, for
+// as long as the connection lives, rather than in the database pool's queue.
+func (c *agentConn) connect(ctx context.Context, h Hello) ([]Assignment, error) {
+	select {
+	case c.g.admit <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-c.g.admit }()
+	return c.g.store.Connect(c.sys(ctx), c.id.Agent, c.owner, h)
 }
 
 // unavailable is what an agent turned away for the gateway's own failure is told: retry
@@ -734,13 +851,9 @@ func (c *agentConn) readControl(ctx context.Context, r *wire.Reader) {
 		mctx := wireotel.Extract(ctx, env)
 		switch m := env.Message.(type) {
 		case *wire.Heartbeat:
-			if err := c.g.store.RecordHeartbeat(c.sys(mctx), c.id.Agent, c.owner, m.Capacity); err != nil {
-				if errors.Is(err, ErrNotOwner) {
-					c.close(closeSuperseded)
-					return
-				}
-				c.log.Warn("recording heartbeat", "err", err)
-			}
+			// Written with every other tunnel's by heartbeatLoop, which also closes this
+			// one should its claim turn out lost.
+			c.g.beats.record(c, m.Capacity)
 		case *wire.StatusReport:
 			if errors.Is(c.handleStatus(mctx, m), ErrNotOwner) {
 				c.close(closeSuperseded)
@@ -793,6 +906,18 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 	if a.Error != nil {
 		span.SetAttributes(attribute.String("streamspace.ack_error", string(a.Error.Code)), attribute.Bool("streamspace.permanent", a.Error.Permanent))
 	}
+	// The flight is settled as soon as the ack arrives, not when it is stored: the retry
+	// covers pushes and acks lost on the way, not a slow database write. Should storing
+	// fail, the flight is due again.
+	done := a.Error == nil || a.Error.Permanent
+	var settled *flight
+	if done {
+		c.mu.Lock()
+		if f := c.inflight[a.SessionID]; f != nil && !f.acked && a.Generation >= f.gen {
+			f.acked, settled = true, f
+		}
+		c.mu.Unlock()
+	}
 	if err := c.g.store.Ack(c.sys(ctx), c.id.Agent, a.SessionID, a.Generation, a.Error); err != nil {
 		span.RecordError(err)
 		if apperr.IsCode(err, apperr.NotFound) {
@@ -800,6 +925,12 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 			c.log.Warn("refused ack for a session not assigned to this agent", "session_id", a.SessionID)
 		} else {
 			c.log.Warn("recording ack", "err", err)
+		}
+		if settled != nil {
+			c.mu.Lock()
+			settled.acked = false
+			c.mu.Unlock()
+			c.poke()
 		}
 		return
 	}
@@ -811,19 +942,14 @@ func (c *agentConn) handleAck(ctx context.Context, a *wire.Ack) {
 	default:
 		c.g.metrics.acks.WithLabelValues("retryable").Inc()
 	}
+	if done {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	f := c.inflight[a.SessionID]
-	if f == nil {
-		return
+	if f := c.inflight[a.SessionID]; f != nil {
+		f.nextAt = time.Now().Add(max(c.g.backoff(f.attempts), a.Error.RetryAfter))
 	}
-	if a.Error == nil || a.Error.Permanent {
-		if a.Generation >= f.gen {
-			delete(c.inflight, a.SessionID)
-		}
-		return
-	}
-	f.nextAt = time.Now().Add(max(c.g.backoff(f.attempts), a.Error.RetryAfter))
 }
 
 // acceptStreams serves streams the agent opens after the control stream: certificate
@@ -873,8 +999,9 @@ func (c *agentConn) serveAgentStream(ctx context.Context, st *quic.Stream) {
 }
 
 // pushLoop delivers the full set once (or, when the agent's applied set is already
-// current, only its unacknowledged part), then pending work whenever told (NOTIFY, a
-// LISTEN taking effect), when a retry falls due, and every Resync regardless.
+// current, only its unacknowledged part), then pending work whenever told (NOTIFY, the
+// replica's sweep) and when a retry falls due. An idle tunnel has no timer: the sweep
+// wakes it if a notification was lost.
 func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool) {
 	if current {
 		c.pushUnacked(ctx, set)
@@ -882,29 +1009,39 @@ func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool
 		c.pushFull(ctx, set)
 	}
 	for {
-		t := time.NewTimer(c.nextWait())
+		var due <-chan time.Time
+		var t *time.Timer
+		if wait, ok := c.nextRetry(); ok {
+			t = time.NewTimer(wait)
+			due = t.C
+		}
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return
 		case <-c.wake:
-		case <-t.C:
+		case <-due:
 		}
-		t.Stop()
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
 		c.pushPending(ctx)
 	}
 }
 
-// nextWait is the time until the earliest retry, at most Resync.
-func (c *agentConn) nextWait() time.Duration {
-	wait := c.g.cfg.Resync
-	now := time.Now()
+// nextRetry is the time until the earliest retry; false when nothing awaits an ack.
+func (c *agentConn) nextRetry() (time.Duration, bool) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	wait, waiting := time.Duration(1<<63-1), false
+	now := time.Now()
 	for _, f := range c.inflight {
-		wait = min(wait, f.nextAt.Sub(now))
+		if !f.acked {
+			wait, waiting = min(wait, f.nextAt.Sub(now)), true
+		}
 	}
-	c.mu.Unlock()
-	return max(wait, 10*time.Millisecond)
+	return max(wait, 10*time.Millisecond), waiting
 }
 
 // pushFull sends the agent's whole desired set, which it reconciles against what it runs.
@@ -956,7 +1093,7 @@ func (c *agentConn) pushPending(ctx context.Context) {
 	for _, a := range pending {
 		live[a.SessionID] = true
 		f := c.inflight[a.SessionID]
-		if f != nil && f.gen == a.Generation && now.Before(f.nextAt) {
+		if f != nil && f.gen == a.Generation && (f.acked || now.Before(f.nextAt)) {
 			continue
 		}
 		if f == nil || f.gen != a.Generation {

@@ -415,15 +415,22 @@ func TestAgentChangesAnnounced(t *testing.T) {
 		}
 	}
 	c := gateway.Capacity{CPUAllocatableMillis: 4000, MemoryAllocatableBytes: 8 << 30, MaxSessions: 10}
+	beat := func(o gateway.Owner) error {
+		lost, err := s.RecordHeartbeats(ctx, []gateway.Beat{{Agent: id, Conn: o.Conn, Capacity: c}})
+		if err == nil && len(lost) > 0 {
+			return gateway.ErrNotOwner
+		}
+		return err
+	}
 	steps := []struct {
 		name string
 		do   func() error
 		want bool
 	}{
 		{"hello", func() error { return s.RecordHello(ctx, id, o, gateway.Hello{Capacity: c}) }, true},
-		{"same beat", func() error { return s.RecordHeartbeat(ctx, id, o, c) }, false},
-		{"usage only", func() error { c.CPUUsedMillis = 100; c.Sessions = 1; return s.RecordHeartbeat(ctx, id, o, c) }, false},
-		{"capacity", func() error { c.CPUAllocatableMillis = 8000; return s.RecordHeartbeat(ctx, id, o, c) }, true},
+		{"same beat", func() error { return beat(o) }, false},
+		{"usage only", func() error { c.CPUUsedMillis = 100; c.Sessions = 1; return beat(o) }, false},
+		{"capacity", func() error { c.CPUAllocatableMillis = 8000; return beat(o) }, true},
 		{"drain", func() error {
 			yes := true
 			_, err := s.UpdateAgent(ctx, id, gateway.AgentPatch{Draining: &yes})
@@ -431,6 +438,8 @@ func TestAgentChangesAnnounced(t *testing.T) {
 		}, true},
 		{"rename", func() error { n := "x"; _, err := s.UpdateAgent(ctx, id, gateway.AgentPatch{Name: &n}); return err }, false},
 		{"release", func() error { return s.Release(ctx, id, o) }, true},
+		{"connect", func() error { _, err := s.Connect(ctx, id, o, gateway.Hello{Capacity: c}); return err }, true},
+		{"beat after connect", func() error { return beat(o) }, false},
 	}
 	for _, st := range steps {
 		if err := st.do(); err != nil {
@@ -441,7 +450,10 @@ func TestAgentChangesAnnounced(t *testing.T) {
 		}
 	}
 	// A fenced-out connection's beat changes nothing and announces nothing.
-	if err := s.RecordHeartbeat(ctx, id, gateway.Owner{Gateway: "gw", Conn: "stale"}, c); err != gateway.ErrNotOwner {
+	if err := beat(gateway.Owner{Gateway: "gw", Conn: "stale"}); err != gateway.ErrNotOwner {
 		t.Fatalf("stale beat: %v", err)
+	}
+	if got := announced(); got != 0 {
+		t.Fatalf("a stale beat made %d announcements", got)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -256,17 +258,22 @@ func (s *Store) RenewOwnership(ctx context.Context, gw string, owned map[gateway
 	if err != nil {
 		return nil, err
 	}
+	return missing(kept, maps.Keys(owned)), nil
+}
+
+// missing returns the ids that are not in kept, the rows a fenced statement changed.
+func missing(kept []string, ids iter.Seq[gateway.AgentID]) []gateway.AgentID {
 	still := make(map[string]bool, len(kept))
 	for _, k := range kept {
 		still[k] = true
 	}
 	var lost []gateway.AgentID
-	for id := range owned {
+	for id := range ids {
 		if !still[string(id)] {
 			lost = append(lost, id)
 		}
 	}
-	return lost, nil
+	return lost
 }
 
 // fence is the condition under which a connection may write about its agent.
@@ -318,38 +325,143 @@ func (s *Store) RecordHello(ctx context.Context, id gateway.AgentID, o gateway.O
 	})
 }
 
-// RecordHeartbeat implements gateway.Store.
-func (s *Store) RecordHeartbeat(ctx context.Context, id gateway.AgentID, o gateway.Owner, c gateway.Capacity) error {
-	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		// Placement reads what the agent can host (allocatable, its session limit) and
-		// whether it is online; only a change of those is announced, not every beat. A
-		// beat after a silence long enough to age the agent brings it back online. NO KEY
-		// UPDATE, as the UPDATE itself would take: a full FOR UPDATE would make every
-		// beat queue with the foreign-key locks of assignments naming the agent.
-		var changed bool
-		degraded, _ := s.ages()
-		err := tx.QueryRow(ctx, `WITH old AS (
-				SELECT cpu_allocatable_millis, memory_allocatable_bytes, max_sessions, state,
-					last_seen IS NULL OR last_seen <= now() - make_interval(secs => $9) AS aged FROM agents
-				WHERE id = $1 AND `+fence+` FOR NO KEY UPDATE)
-			UPDATE agents a SET
-				cpu_allocatable_millis = $3, cpu_used_millis = $4, memory_allocatable_bytes = $5, memory_used_bytes = $6,
-				sessions = $7, max_sessions = $8, state = 'online', last_seen = now()
-			FROM old WHERE a.id = $1
-			RETURNING (old.cpu_allocatable_millis, old.memory_allocatable_bytes, old.max_sessions, old.state)
-				IS DISTINCT FROM ($3::bigint, $5::bigint, $8::int, 'online'::text) OR old.aged`, string(id), o.Conn,
-			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions,
-			degraded).Scan(&changed)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return gateway.ErrNotOwner
-		case err != nil:
+// Connect implements gateway.Store. Its statements go in one round trip; the agent's row
+// is locked before its directory row, in the order DeleteAgent and Release take them.
+func (s *Store) Connect(ctx context.Context, id gateway.AgentID, o gateway.Owner, h gateway.Hello) ([]gateway.Assignment, error) {
+	facts, err := json.Marshal(h.Facts)
+	if err != nil {
+		return nil, err
+	}
+	tags := h.ReportedTags
+	if tags == nil {
+		tags = []string{}
+	}
+	c := h.Capacity
+	var set []gateway.Assignment
+	err = s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE agents SET version = $2, reported_tags = $3, facts = $4,
+			cpu_allocatable_millis = $5, cpu_used_millis = $6, memory_allocatable_bytes = $7, memory_used_bytes = $8,
+			sessions = $9, max_sessions = $10, state = 'online', last_seen = now(), gateway_id = $11, updated_at = now()
+			WHERE id = $1`, string(id), h.Version, tags, string(facts),
+			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions, o.Gateway)
+		b.Queue(`UPDATE platform.agent_directory
+			SET owner_gateway = $2, owner_conn = $3, owner_since = now(), owner_heartbeat = now()
+			WHERE agent_id = $1 AND tenant_id = $4`, string(id), o.Gateway, o.Conn, string(currentTenant(ctx)))
+		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentChannel(id), gateway.NotifyOwner+o.Conn)
+		// Placement reads what an agent can host and whether it is online: announce it.
+		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentsChannel, string(currentTenant(ctx)))
+		// The desired set as DesiredSet reads it: assignments and unacknowledged retirements.
+		b.Queue(`SELECT `+assignmentCols+` FROM session_assignments
+			WHERE agent_id = $1 AND NOT (desired = 'deleted' AND acked_generation >= generation)
+			UNION ALL SELECT `+retiredCols+` FROM session_retirements WHERE agent_id = $1 `+unacked+`
+			ORDER BY session_id`, string(id))
+		res := tx.SendBatch(ctx, b)
+		defer res.Close()
+		for range 2 {
+			tag, err := res.Exec()
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				return apperr.New(apperr.NotFound, "no such agent")
+			}
+		}
+		for range 2 {
+			if _, err := res.Exec(); err != nil {
+				return err
+			}
+		}
+		rows, err := res.Query()
+		if err != nil {
 			return err
-		case changed:
+		}
+		set, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (gateway.Assignment, error) { return scanAssignment(r) })
+		if err != nil {
+			return err
+		}
+		return res.Close()
+	})
+	if set == nil && err == nil {
+		set = []gateway.Assignment{}
+	}
+	return set, err
+}
+
+// RecordHeartbeats implements gateway.Store. One statement stamps every beat of the
+// batch; capacity is written with it because the row is rewritten for last_seen anyway.
+func (s *Store) RecordHeartbeats(ctx context.Context, beats []gateway.Beat) ([]gateway.AgentID, error) {
+	if len(beats) == 0 {
+		return nil, nil
+	}
+	n := len(beats)
+	ids, conns := make([]string, n), make([]string, n)
+	ca, cu, ma, mu := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	ss, ms := make([]int32, n), make([]int32, n)
+	for i, b := range beats {
+		ids[i], conns[i] = string(b.Agent), b.Conn
+		c := b.Capacity
+		ca[i], cu[i], ma[i], mu[i] = c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes
+		ss[i], ms[i] = int32(c.Sessions), int32(c.MaxSessions)
+	}
+	var kept []string
+	degraded, _ := s.ages()
+	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		// Placement reads what an agent can host (allocatable, its session limit) and
+		// whether it is online; the batch is announced once if any of those changed or a
+		// beat brought an aged agent back, never for beats that change nothing. The rows
+		// are locked in id order, so two flushes can never deadlock, and with NO KEY
+		// UPDATE, as the UPDATE itself would take: a full FOR UPDATE would queue every
+		// beat behind the foreign-key locks of assignments naming the agent.
+		rows, err := tx.Query(ctx, `WITH b AS (
+				SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[], $8::int[])
+					AS b(id, conn, ca, cu, ma, mu, ss, ms)),
+			old AS (
+				SELECT a.id, a.cpu_allocatable_millis, a.memory_allocatable_bytes, a.max_sessions, a.state,
+					a.last_seen IS NULL OR a.last_seen <= now() - make_interval(secs => $9) AS aged
+				FROM agents a JOIN b ON a.id = b.id
+				WHERE EXISTS (SELECT 1 FROM platform.agent_directory d WHERE d.agent_id = b.id AND d.owner_conn = b.conn)
+				ORDER BY a.id FOR NO KEY UPDATE OF a)
+			UPDATE agents a SET
+				cpu_allocatable_millis = b.ca, cpu_used_millis = b.cu, memory_allocatable_bytes = b.ma, memory_used_bytes = b.mu,
+				sessions = b.ss, max_sessions = b.ms, state = 'online', last_seen = now()
+			FROM b JOIN old ON old.id = b.id
+			WHERE a.id = b.id
+			RETURNING a.id, (old.cpu_allocatable_millis, old.memory_allocatable_bytes, old.max_sessions, old.state)
+				IS DISTINCT FROM (b.ca, b.ma, b.ms, 'online'::text) OR old.aged`,
+			ids, conns, ca, cu, ma, mu, ss, ms, degraded)
+		if err != nil {
+			return err
+		}
+		changed := false
+		for rows.Next() {
+			var id string
+			var c bool
+			if err := rows.Scan(&id, &c); err != nil {
+				rows.Close()
+				return err
+			}
+			kept = append(kept, id)
+			changed = changed || c
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if changed {
 			return announceAgents(ctx, tx)
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	return missing(kept, func(yield func(gateway.AgentID) bool) {
+		for _, b := range beats {
+			if !yield(b.Agent) {
+				return
+			}
+		}
+	}), nil
 }
 
 const assignmentCols = `session_id, agent_id, generation, desired, spec, acked_generation, ack_error, trace_parent, created_at, updated_at`
@@ -670,6 +782,31 @@ func (s *Store) AgentAssignments(ctx context.Context, id gateway.AgentID) ([]gat
 // Pending implements gateway.Store.
 func (s *Store) Pending(ctx context.Context, id gateway.AgentID) ([]gateway.Assignment, error) {
 	return s.assignments(ctx, id, unacked, unacked, `updated_at, session_id`)
+}
+
+// PendingAgents implements gateway.Store. The partial index on pending rows answers it
+// without touching acknowledged ones.
+func (s *Store) PendingAgents(ctx context.Context, ids []gateway.AgentID) ([]gateway.AgentID, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	in := make([]string, len(ids))
+	for i, id := range ids {
+		in[i] = string(id)
+	}
+	var out []gateway.AgentID
+	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT agent_id FROM session_assignments
+				WHERE agent_id = ANY($1::text[]) AND generation > acked_generation
+			UNION SELECT agent_id FROM session_retirements
+				WHERE agent_id = ANY($1::text[]) AND generation > acked_generation`, in)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, pgx.RowTo[gateway.AgentID])
+		return err
+	})
+	return out, err
 }
 
 // Ack implements gateway.Store.

@@ -100,14 +100,53 @@ func TestOwnership(t *testing.T) {
 	if err != nil || len(lost) != 1 || lost[0] != y {
 		t.Fatalf("lost %v %v, want [%s]", lost, err, y)
 	}
-	// The superseded connection's writes are fenced off.
-	if err := s.RecordHeartbeat(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}, gateway.Capacity{}); err != gateway.ErrNotOwner {
-		t.Fatalf("stale heartbeat: %v", err)
+	// The superseded connection's writes are fenced off, one beat of a batch at a time.
+	lost, err = s.RecordHeartbeats(ctx, []gateway.Beat{
+		{Agent: x, Conn: "old-" + string(x), Capacity: gateway.Capacity{Sessions: 3}},
+		{Agent: y, Conn: "old-" + string(y), Capacity: gateway.Capacity{Sessions: 4}}})
+	if err != nil || len(lost) != 1 || lost[0] != y {
+		t.Fatalf("batched heartbeats: lost %v %v, want [%s]", lost, err, y)
+	}
+	if a, err := s.Agent(ctx, x); err != nil || a.State != gateway.StateOnline || a.Capacity.Sessions != 3 || a.LastSeen == nil {
+		t.Fatalf("after a batched heartbeat: %+v %v", a, err)
+	}
+	if a, err := s.Agent(ctx, y); err != nil || a.State != gateway.StateOffline || a.Capacity.Sessions != 0 {
+		t.Fatalf("a stale beat was written: %+v %v", a, err)
 	}
 	if err := s.Release(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}); err != gateway.ErrNotOwner {
 		t.Fatalf("stale release: %v", err)
 	}
 	if err := s.Claim(context.Background(), gateway.NewAgentID(), gateway.Owner{Gateway: "gw", Conn: "c"}); !apperr.IsCode(err, apperr.NotFound) {
 		t.Fatalf("claiming an unknown agent: %v", err)
+	}
+}
+
+// PendingAgents names exactly the listed agents of the context's tenant with
+// unacknowledged work: not acknowledged ones, not unlisted ones, not another tenant's.
+func TestPendingAgents(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	a, _ := env.Tenant(t, "alpha")
+	b, _ := env.Tenant(t, "beta")
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	ca, cb := ctxOf(a.ID), ctxOf(b.ID)
+	busy, done, unlisted := gateway.NewAgentID(), gateway.NewAgentID(), gateway.NewAgentID()
+	for _, id := range []gateway.AgentID{busy, done, unlisted} {
+		if err := s.CreateAgent(ca, gateway.Agent{ID: id, Name: string(id)}, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Assign(ca, gateway.AssignmentInput{SessionID: gateway.SessionID("s-" + id), AgentID: id, Desired: wire.DesiredRunning}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Ack(ca, done, gateway.SessionID("s-"+done), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.PendingAgents(ca, []gateway.AgentID{busy, done})
+	if err != nil || len(got) != 1 || got[0] != busy {
+		t.Fatalf("pending %v %v, want [%s]", got, err, busy)
+	}
+	if got, err := s.PendingAgents(cb, []gateway.AgentID{busy, done, unlisted}); err != nil || len(got) != 0 {
+		t.Fatalf("another tenant's pending agents: %v %v", got, err)
 	}
 }

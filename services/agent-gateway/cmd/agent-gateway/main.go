@@ -6,7 +6,12 @@ package main
 import (
 	"errors"
 	"flag"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"time"
 
+	"streamspace.dev/libs/config"
 	"streamspace.dev/libs/server"
 	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/agent-gateway/postgres"
@@ -14,13 +19,21 @@ import (
 
 func main() {
 	var cfg gateway.Config
-	server.MainFlags(gateway.Name, func(fs *flag.FlagSet) { cfg.Register(fs, true) }, func(d server.Deps) ([]server.Module, error) {
+	var debugListen string
+	server.MainFlags(gateway.Name, func(fs *flag.FlagSet) {
+		cfg.Register(fs, true)
+		config.String(fs, &debugListen, "debug-listen", "STREAMSPACE_DEBUG_LISTEN", "",
+			"address of a Go profiling endpoint (/debug/pprof/); off when empty. It has no authentication: bind it to loopback")
+	}, func(d server.Deps) ([]server.Module, error) {
 		cfg = cfg.WithDefaults()
 		if cfg.IdentityURL == "" {
 			return nil, errors.New("--identity-url (or STREAMSPACE_IDENTITY_URL) is required")
 		}
 		if cfg.SessionsURL == "" {
 			return nil, errors.New("--sessions-url (or STREAMSPACE_SESSIONS_URL) is required")
+		}
+		if debugListen != "" {
+			serveDebug(debugListen, d.Logger)
 		}
 		store := postgres.New(d.DB, postgres.Thresholds{DegradedAfter: cfg.DegradedAfter, OfflineAfter: cfg.OfflineAfter})
 		m, err := gateway.New(d, cfg, store, gateway.NewHTTPEnroller(cfg.IdentityURL, nil),
@@ -30,4 +43,21 @@ func main() {
 		}
 		return []server.Module{m}, nil
 	})
+}
+
+// serveDebug serves Go's profiles on addr, apart from the admin API so that it is never
+// exposed by accident with it. It lives as long as the process.
+func serveDebug(addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil {
+			log.Error("debug listener failed", "addr", addr, "err", err)
+		}
+	}()
 }
