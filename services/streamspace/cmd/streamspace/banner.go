@@ -11,7 +11,7 @@ import (
 // that creates a session and shows it go Running. Only curl, grep and cut: no jq.
 func (st *devStack) printBanner(w io.Writer) {
 	d, base := st.demo, st.base
-	backend := "memory backend: simulated sessions, no cluster (--no-cluster)"
+	backend := "memory backend: simulated sessions, --no-cluster"
 	if st.cluster != nil {
 		backend = fmt.Sprintf("Kubernetes backend, namespace %s of the local cluster", demoNamespace)
 	}

@@ -65,13 +65,15 @@ func runDev(ctx context.Context, cfg server.Config, set streamspace.Settings, op
 	// The cluster starts while the control plane does: a cold build takes minutes, a warm
 	// start seconds, and neither needs the other.
 	clusterc := make(chan clusterResult, 1)
+	clusterCtx, cancelCluster := context.WithCancel(ctx)
+	defer cancelCluster()
 	if !dev.noCluster {
 		say("starting the local Kubernetes cluster (etcd, kube-apiserver, kwok) in %s", filepath.Join(dataDir, "kube"))
 		if !kubeBuilt() {
 			say("first start on this machine: building Kubernetes %s from the Go module proxy into %s; this takes about 5 minutes and 3 GB of RAM, once (skip it with --no-cluster)", kube.Version, kubeCache())
 		}
 		go func() {
-			c, err := kube.Start(ctx, kube.Options{Dir: filepath.Join(dataDir, "kube"), BuildOutput: stderr})
+			c, err := kube.Start(clusterCtx, kube.Options{Dir: filepath.Join(dataDir, "kube"), BuildOutput: stderr})
 			clusterc <- clusterResult{c, err}
 		}()
 	}
@@ -103,6 +105,9 @@ func runDev(ctx context.Context, cfg server.Config, set streamspace.Settings, op
 	}()
 
 	st := &devStack{say: say, stderr: stderr, dataDir: dataDir, plane: plane, stopPlane: stopPlane}
+	if !dev.noCluster {
+		st.clusterc, st.cancelCluster = clusterc, cancelCluster
+	}
 	defer st.stop()
 	if code, ok := st.start(ctx, dev, dataDir, addrc, &gw, clusterc); !ok {
 		return code
@@ -133,11 +138,15 @@ type devStack struct {
 
 	dataDir string
 	base    string // http://host:port of the control plane
-	demo    demoAccount
-	cluster *kube.Cluster
-	stub    net.Listener
-	agent   *agentProc
-	agentOK agentSummary
+	// clusterc delivers the cluster while it starts; stop takes it from there if start
+	// did not, after cancelling a start still under way.
+	clusterc      <-chan clusterResult
+	cancelCluster context.CancelFunc
+	demo          demoAccount
+	cluster       *kube.Cluster
+	stub          net.Listener
+	agent         *agentProc
+	agentOK       agentSummary
 
 	stopped bool
 	code    int
@@ -184,11 +193,8 @@ func (st *devStack) start(ctx context.Context, dev devOptions, dataDir string, a
 		var r clusterResult
 		select {
 		case r = <-clusterc:
+			st.clusterc = nil
 		case <-ctx.Done():
-			// kube.Start returns once ctx ends; wait for it so no child is left behind.
-			if r = <-clusterc; r.c != nil {
-				st.cluster = r.c
-			}
 			return fail("")
 		}
 		if r.err != nil {
@@ -270,7 +276,12 @@ func (st *devStack) stop() int {
 		st.say("shutdown step 3: closing the stub stream endpoint")
 		_ = st.stub.Close()
 	}
-	// 4. The local cluster, last: the agent used it until step 1 ended.
+	// 4. The local cluster, last: the agent used it until step 1 ended. One still
+	// starting is cancelled and waited for, so no child outlives us.
+	if st.clusterc != nil {
+		st.cancelCluster()
+		st.cluster = (<-st.clusterc).c
+	}
 	if st.cluster != nil {
 		st.say("shutdown step 4: stopping the local Kubernetes cluster")
 		if err := st.cluster.Stop(); err != nil {
