@@ -173,7 +173,8 @@ func startDev(t *testing.T, bin, dataDir string) *devProc {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	port := freePort(t)
-	cmd := exec.CommandContext(ctx, bin, "dev", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	// The agents' port too is a free one: other tests may hold the default 7443.
+	cmd := exec.CommandContext(ctx, bin, "dev", "--data-dir", dataDir, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--agent-listen", "127.0.0.1:0")
 	cmd.Env = append(filterEnv(os.Environ(), "DATABASE_URL"), "STREAMSPACE_LOG_LEVEL=info")
 	d := &devProc{t: t, cmd: cmd, cancel: cancel}
 	cmd.Stderr = &lockedWriter{mu: &d.mu, w: &d.stderr}
