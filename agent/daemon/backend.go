@@ -57,10 +57,17 @@ func newBackend(ctx context.Context, cfg Config, id wire.AgentID, log *slog.Logg
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	b, err := kubernetes.New(kubernetes.Config{
+	kcfg := kubernetes.Config{
 		Client: client, Namespace: ns, AgentID: id,
 		RetainHomes: cfg.RetainHomes, StorageClass: cfg.StorageClass, Log: log,
-	})
+	}
+	if addr := cfg.DevEndpoint; addr != "" {
+		// kwok's pods have no network: every session resolves to one local listener, so
+		// the Running probe and session traffic have something real to dial.
+		log.Warn("development mode: every session's stream is dialled at -dev-endpoint, not at its pod", "dev_endpoint", addr)
+		kcfg.Resolver = func(context.Context, kubernetes.Target) (string, error) { return addr, nil }
+	}
+	b, err := kubernetes.New(kcfg)
 	if err != nil {
 		return nil, err
 	}

@@ -51,6 +51,12 @@ type Config struct {
 	KubeBurst             int
 	RetainHomes           bool
 	StorageClass          string
+	// DevEndpoint, for local clusters without a pod network only (kwok, `streamspace
+	// dev`), makes the Kubernetes backend dial this host:port for every session's stream
+	// instead of the session's pod.
+	DevEndpoint string
+	// HealthListen is the address of /healthz and /readyz; empty serves neither.
+	HealthListen string
 
 	KeepAlive, IdleTimeout, Heartbeat time.Duration
 	BackoffInitial, BackoffMax        time.Duration
@@ -83,6 +89,10 @@ func FlagSet(cfg *Config) *flag.FlagSet {
 	fs.IntVar(&cfg.KubeBurst, "kube-burst", 100, "kubernetes: client request burst")
 	fs.BoolVar(&cfg.RetainHomes, "retain-homes", false, "kubernetes: keep a deleted session's home volume (a PVC annotated streamspace.dev/retain=true is always kept)")
 	config.String(fs, &cfg.StorageClass, "storage-class", "STREAMSPACE_STORAGE_CLASS", "", "kubernetes: StorageClass of home volumes (default: the cluster's default)")
+	config.String(fs, &cfg.DevEndpoint, "dev-endpoint", "STREAMSPACE_DEV_ENDPOINT", "", "kubernetes, development only: dial this host:port for every session's stream instead of its pod (for local clusters without a pod network, such as the kwok cluster of `streamspace dev`)")
+	// Off by default: several agents (or an agent and `streamspace dev`) on one machine
+	// must not fight over a port. The Helm chart turns it on for its probes.
+	config.String(fs, &cfg.HealthListen, "health-listen", "STREAMSPACE_HEALTH_LISTEN", "", "address of /healthz (process alive) and /readyz (tunnel up and backend synced), e.g. :8081; empty: no health endpoint")
 	config.Duration(fs, &cfg.KeepAlive, "keepalive", "STREAMSPACE_KEEPALIVE", tunnel.DefaultKeepAlive, "QUIC keep-alive period; must stay well under the 30s UDP conntrack timeout")
 	config.Duration(fs, &cfg.IdleTimeout, "idle-timeout", "STREAMSPACE_IDLE_TIMEOUT", tunnel.DefaultIdleTimeout, "QUIC idle timeout: a silent gateway is given up after this")
 	config.Duration(fs, &cfg.Heartbeat, "heartbeat", "STREAMSPACE_HEARTBEAT", tunnel.DefaultHeartbeat, "heartbeat interval when the gateway names none")
@@ -132,6 +142,19 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("-backend %q is not known (memory, kubernetes)", c.Backend)
+	}
+	if c.DevEndpoint != "" {
+		if c.Backend != "kubernetes" {
+			bad("-dev-endpoint applies to -backend=kubernetes only")
+		}
+		if _, port, err := net.SplitHostPort(c.DevEndpoint); err != nil || port == "" {
+			bad("-dev-endpoint %q is not host:port", c.DevEndpoint)
+		}
+	}
+	if c.HealthListen != "" {
+		if _, _, err := net.SplitHostPort(c.HealthListen); err != nil {
+			bad("-health-listen %q is not [host]:port", c.HealthListen)
+		}
 	}
 	if c.KeepAlive <= 0 || c.KeepAlive > conntrackUDPTimeout/2 {
 		bad("-keepalive %v must be positive and at most %v, half the UDP conntrack timeout", c.KeepAlive, conntrackUDPTimeout/2)

@@ -89,6 +89,16 @@ func Main(args []string, stderr io.Writer) int {
 // good. Permanent failures, whether from enrollment or the tunnel, are
 // *tunnel.PermanentError.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	h := newHealth()
+	if cfg.HealthListen != "" {
+		// Served from the start: enrollment can take a while, and liveness must hold
+		// meanwhile.
+		_, stop, err := serveHealth(cfg.HealthListen, h, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	roots, err := rootCAs(cfg.CAFile, cfg.StateDir)
 	if err != nil {
 		return &tunnel.PermanentError{Err: err}
@@ -124,6 +134,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return &tunnel.PermanentError{Err: err}
 	}
 	defer backend.Close()
+	h.backendStarted(backend)
 	var b agent.Backend = backend
 	rec := reconcile.New(b, log)
 	// The reconcile loop outlives the tunnel's drain, so the last status changes of
@@ -138,7 +149,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Credential: enroll.NewHolder(cred, store), Reconciler: rec, Backend: b, AgentVersion: Version, Tags: cfg.TagList(),
 		KeepAlive: cfg.KeepAlive, IdleTimeout: cfg.IdleTimeout, Heartbeat: cfg.Heartbeat,
 		DrainTimeout: cfg.DrainTimeout, Backoff: backoff.Policy{Initial: cfg.BackoffInitial, Max: cfg.BackoffMax},
-		Log: log,
+		Log: log, Connected: h.tunnelUp,
 	})
 	log.Info("starting", "gateway", cfg.Gateway, "version", Version, "keepalive", cfg.KeepAlive, "idle_timeout", cfg.IdleTimeout)
 	return t.Run(ctx)

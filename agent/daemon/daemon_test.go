@@ -47,6 +47,11 @@ func TestConfigValidate(t *testing.T) {
 		{"idle timeout below keepalive", append(base, "-keepalive", "5s", "-idle-timeout", "6s"), nil, "twice -keepalive"},
 		{"bad log level", append(base, "-log-level", "loud"), nil, "-log-level"},
 		{"unknown backend", append(base, "-backend", "docker"), nil, "not known"},
+		{"dev endpoint", append(base, "-backend", "kubernetes", "-dev-endpoint", "127.0.0.1:5900"), nil, ""},
+		{"dev endpoint on memory", append(base, "-dev-endpoint", "127.0.0.1:5900"), nil, "kubernetes only"},
+		{"dev endpoint without port", append(base, "-backend", "kubernetes", "-dev-endpoint", "127.0.0.1"), nil, "not host:port"},
+		{"health listen", append(base, "-health-listen", ":8081"), map[string]string{"STREAMSPACE_HEALTH_LISTEN": "bad"}, ""},
+		{"health listen from env", base, map[string]string{"STREAMSPACE_HEALTH_LISTEN": "8081"}, "-health-listen"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -86,6 +86,9 @@ type Config struct {
 	Rand backoff.Rand
 	// Log is the logger; slog.Default() when nil.
 	Log *slog.Logger
+	// Connected, when set, is called with true once the gateway has accepted the agent
+	// (HelloAck) and with false when that connection ends: the agent's /readyz follows it.
+	Connected func(up bool)
 }
 
 // Tunnel connects the agent to the gateway.
@@ -172,6 +175,16 @@ func (t *Tunnel) connect(ctx context.Context, up func()) error {
 		return fmt.Errorf("dialing %s: %w", t.cfg.Addr, err)
 	}
 	c := &conn{t: t, qc: qc, log: t.log.With("gateway_addr", t.cfg.Addr)}
+	if report := t.cfg.Connected; report != nil {
+		wasUp := false
+		inner := up
+		up = func() { inner(); wasUp = true; report(true) }
+		defer func() {
+			if wasUp {
+				report(false)
+			}
+		}()
+	}
 	// In TLS 1.3 the server checks the client certificate after the client has finished
 	// its handshake, so a refusal can surface on the first stream rather than in Dial.
 	err = classify(c.run(ctx, up))

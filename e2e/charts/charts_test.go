@@ -313,6 +313,24 @@ func checkAgent(t *testing.T, tc chartCase, applied map[string][]obj) {
 		t.Errorf("the Deployment runs as %q, which the chart does not create", sa)
 	}
 
+	// Probes on the agent's health endpoint, on by default, at the address the agent
+	// is told to serve it on.
+	ct := m(applied["Deployment"][0], "spec", "template", "spec")["containers"].([]any)[0].(obj)
+	for probe, path := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+		if got := str(ct, probe, "httpGet", "path"); got != path {
+			t.Errorf("agent %s path %q, want %q", probe, got, path)
+		}
+	}
+	healthEnv := ""
+	for _, e := range ct["env"].([]any) {
+		if e.(obj)["name"] == "STREAMSPACE_HEALTH_LISTEN" {
+			healthEnv, _ = e.(obj)["value"].(string)
+		}
+	}
+	if healthEnv != ":8081" {
+		t.Errorf("agent STREAMSPACE_HEALTH_LISTEN %q, want \":8081\" (the probes' port)", healthEnv)
+	}
+
 	// Nothing cluster-wide, unless the node-reading toggle is on; then read-only.
 	crs, crbs := applied["ClusterRole"], applied["ClusterRoleBinding"]
 	if !tc.clusterCapacity {
@@ -343,7 +361,6 @@ func checkAgent(t *testing.T, tc chartCase, applied map[string][]obj) {
 	}
 
 	// The container is configured from the values.
-	ct := m(applied["Deployment"][0], "spec", "template", "spec")["containers"].([]any)[0].(obj)
 	env := map[string]obj{}
 	for _, e := range ct["env"].([]any) {
 		env[e.(obj)["name"].(string)] = e.(obj)

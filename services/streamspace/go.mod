@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/jackc/pgx/v5 v5.12.0
+	streamspace.dev/e2e v0.0.0
 	streamspace.dev/libs v0.0.0
 	streamspace.dev/services/agent-gateway v0.0.0
 	streamspace.dev/services/catalog v0.0.0
@@ -103,6 +104,7 @@ require (
 )
 
 replace (
+	streamspace.dev/e2e => ../../e2e
 	streamspace.dev/libs => ../../libs
 	streamspace.dev/services/agent-gateway => ../agent-gateway
 	streamspace.dev/services/catalog => ../catalog

@@ -54,9 +54,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "dev":
-		return serve(args[1:], true, stderr)
+		return serve(args[1:], true, stdout, stderr)
 	case "serve":
-		return serve(args[1:], false, stderr)
+		return serve(args[1:], false, stdout, stderr)
 	case "tenants":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -75,7 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func serve(args []string, dev bool, stderr io.Writer) int {
+func serve(args []string, dev bool, stdout, stderr io.Writer) int {
 	name := map[bool]string{true: "dev", false: "serve"}[dev]
 	cfg := server.Config{Name: "streamspace"}
 	var set streamspace.Settings
@@ -86,10 +86,12 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 	set.Gateway.Register(fs, false)
 	set.Scheduler.Register(fs)
 	set.Sessions.Register(fs)
-	var dataDir string
+	var devOpts devOptions
 	var migrate bool
 	if dev {
-		config.String(fs, &dataDir, "data-dir", "STREAMSPACE_DATA_DIR", ".streamspace", "folder for local state: the private PostgreSQL cluster lives in <data-dir>/postgres")
+		config.String(fs, &devOpts.dataDir, "data-dir", "STREAMSPACE_DATA_DIR", ".streamspace", "folder for local state: the private PostgreSQL (<data-dir>/postgres), the local cluster (kube), the demo agent (agent) and the demo credentials (demo.json)")
+		config.Bool(fs, &devOpts.noCluster, "no-cluster", "STREAMSPACE_NO_CLUSTER", false, "do not start the local Kubernetes cluster; the demo agent simulates sessions in memory instead")
+		config.String(fs, &devOpts.agentBin, "agent-bin", "STREAMSPACE_AGENT_BIN", "", "streamspace-agent binary for the demo agent (default: next to this binary, else built from this checkout)")
 	}
 	config.Bool(fs, &migrate, "migrate", "STREAMSPACE_MIGRATE", dev, "apply platform and tenant migrations on start")
 	if err := config.Parse(fs, args); err != nil {
@@ -98,8 +100,19 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 		}
 		return 2
 	}
+	dataDir := devOpts.dataDir
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+	// Only `dev` listens for signals here, to stop its cluster and agent; the control
+	// plane listens for them itself (libs/run).
 	ctx := context.Background()
+	if dev {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		// After the first signal, a second one gets Go's default: the process exits at
+		// once (its children die with it, see superviseAgent and e2e/kube).
+		go func() { <-ctx.Done(); stop() }()
+	}
 	if dev && cfg.DatabaseURL == "" {
 		url, err := privatePostgres(ctx, dataDir)
 		if err != nil {
@@ -116,13 +129,12 @@ func serve(args []string, dev bool, stderr io.Writer) int {
 		}
 		set.Identity.KEK = kek
 	}
-	opts := server.Options{OnStart: func(s server.Started) {
-		if dev {
-			fmt.Fprintf(stderr, "\nStreamSpace is running: http://%s  (health: /healthz, /readyz, metrics: /metrics)\n\n", s.Addr)
-		}
-	}}
+	var opts server.Options
 	if migrate {
 		opts.Before = func(ctx context.Context, pool *pgxpool.Pool) error { return streamspace.Migrate(ctx, pool, logger) }
+	}
+	if dev {
+		return runDev(ctx, cfg, set, opts, devOpts, stdout, stderr)
 	}
 	build := func(d server.Deps) ([]server.Module, error) { return streamspace.ModulesWith(d, set) }
 	if err := server.Run(ctx, cfg, opts, build); err != nil {

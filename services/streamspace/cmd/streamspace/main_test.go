@@ -30,3 +30,20 @@ func TestHelpListsEveryServicesSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestDevOnlyFlags checks that the local cluster and demo agent settings exist on `dev`
+// only: `serve` runs against a real deployment and starts neither.
+func TestDevOnlyFlags(t *testing.T) {
+	t.Parallel()
+	for cmd, want := range map[string]bool{"dev": true, "serve": false} {
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{cmd, "--help"}, &stdout, &stderr); code != 0 {
+			t.Fatalf("%s: exit %d: %s", cmd, code, stderr.String())
+		}
+		for _, flag := range []string{"-no-cluster", "-agent-bin", "-data-dir"} {
+			if got := strings.Contains(stderr.String(), flag); got != want {
+				t.Errorf("streamspace %s --help lists %s: %v, want %v", cmd, flag, got, want)
+			}
+		}
+	}
+}
