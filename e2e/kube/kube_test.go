@@ -194,7 +194,12 @@ func TestParallelClusters(t *testing.T) {
 	)
 	t0 := time.Now()
 	for i := range cs {
-		wg.Go(func() { cs[i], es[i] = Start(ctx, Options{Dir: t.TempDir()}) })
+		// The second one also proves ExtraArgs reach their process, after the defaults.
+		opts := Options{Dir: t.TempDir()}
+		if i == 1 {
+			opts.ExtraArgs = map[string][]string{"kube-scheduler": {"--v=2"}}
+		}
+		wg.Go(func() { cs[i], es[i] = Start(ctx, opts) })
 	}
 	wg.Wait()
 	for i, c := range cs {
@@ -210,6 +215,12 @@ func TestParallelClusters(t *testing.T) {
 	for _, c := range cs {
 		if err := c.Do(ctx, http.MethodGet, "/api/v1/nodes/"+NodeName, nil, nil); err != nil {
 			t.Fatal(err)
+		}
+	}
+	for i, c := range cs {
+		header, _, _ := strings.Cut(tail(c.LogPath("kube-scheduler"), 1<<20), "\n")
+		if has := strings.HasSuffix(header, " --v=1 --v=2"); has != (i == 1) {
+			t.Errorf("cluster %d: kube-scheduler started as %q", i, header)
 		}
 	}
 }

@@ -204,17 +204,27 @@ func (s *stack) signup(t testing.TB) {
 		t.Fatalf("signup answered %+v: want the tenant and its owner's tokens", out)
 	}
 	s.admin = out.Tokens.AccessToken
-	s.api.Call("POST", "/api/v1/templates", s.admin, map[string]any{
-		"name": templateName, "display_name": "Site desktop", "description": "A desktop for the end-to-end test.",
-		"category": "Desktops", "image": "lscr.io/linuxserver/webtop:latest",
-		"resources": map[string]any{"requests": map[string]string{"cpu": "250m", "memory": "256Mi"},
-			"limits": map[string]string{"cpu": "1", "memory": "1Gi"}},
-		"home":  map[string]string{"mount_path": "/config", "size": "1Gi"},
-		"ports": []map[string]any{{"name": "vnc", "port": streamPort, "protocol": "TCP", "stream": "vnc-web"}},
-	}, nil, 201)
+	s.createTemplate(t, templateName, true)
 	// Room for the benchmark's sessions: the default is ten per user.
 	s.api.Call("PUT", "/api/v1/session-settings", s.admin, map[string]any{
 		"user": map[string]int{"max_sessions": 1000}, "tenant": map[string]int{"max_sessions": 1000}}, nil, 200)
+}
+
+// createTemplate creates a tenant template through the API: a desktop whose stream port
+// is the stub's, with a persistent home if home.
+func (s *stack) createTemplate(t testing.TB, name string, home bool) {
+	t.Helper()
+	tpl := map[string]any{
+		"name": name, "display_name": "Site desktop", "description": "A desktop for the end-to-end test.",
+		"category": "Desktops", "image": "lscr.io/linuxserver/webtop:latest",
+		"resources": map[string]any{"requests": map[string]string{"cpu": "250m", "memory": "256Mi"},
+			"limits": map[string]string{"cpu": "1", "memory": "1Gi"}},
+		"ports": []map[string]any{{"name": "vnc", "port": streamPort, "protocol": "TCP", "stream": "vnc-web"}},
+	}
+	if home {
+		tpl["home"] = map[string]string{"mount_path": "/config", "size": "1Gi"}
+	}
+	s.api.Call("POST", "/api/v1/templates", s.admin, tpl, nil, 201)
 }
 
 // enroll creates an enrollment token through the API, starts the agent inside the site
@@ -379,6 +389,38 @@ type liveStream struct {
 	mu     sync.Mutex
 	events []liveEvent
 	err    error
+	// running holds, per session, when its first Running event arrived, and a channel
+	// closed then.
+	running map[string]*arrival
+}
+
+type arrival struct {
+	at   time.Time
+	done chan struct{}
+}
+
+// arrival returns the record of session id's first Running event; its channel is
+// closed once it has arrived. The caller holds ls.mu.
+func (ls *liveStream) arrival(id string) *arrival {
+	a := ls.running[id]
+	if a == nil {
+		a = &arrival{done: make(chan struct{})}
+		ls.running[id] = a
+	}
+	return a
+}
+
+// runningCh returns a channel closed when session id's first Running event arrives,
+// and a function returning its arrival time.
+func (ls *liveStream) runningCh(id string) (<-chan struct{}, func() time.Time) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	a := ls.arrival(id)
+	return a.done, func() time.Time {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		return a.at
+	}
 }
 
 type liveEvent struct {
@@ -400,7 +442,7 @@ func (s *stack) watch(t testing.TB) *liveStream {
 		cancel()
 		t.Fatalf("the live stream answered %s, %q", resp.Status, resp.Header.Get("Content-Type"))
 	}
-	ls := &liveStream{}
+	ls := &liveStream{running: map[string]*arrival{}}
 	done := make(chan struct{})
 	t.Cleanup(func() {
 		cancel()
@@ -422,9 +464,16 @@ func (s *stack) watch(t testing.TB) *liveStream {
 			case line == "" && event != "":
 				ev := liveEvent{kind: event}
 				err := json.Unmarshal([]byte(data), &ev.session)
+				now := time.Now()
 				ls.mu.Lock()
 				if err != nil {
 					ls.err = fmt.Errorf("undecodable %s event %q: %w", event, data, err)
+				}
+				if event == "session" && ev.session.Phase == "Running" {
+					if a := ls.arrival(ev.session.ID); a.at.IsZero() {
+						a.at = now
+						close(a.done)
+					}
 				}
 				ls.events = append(ls.events, ev)
 				ls.mu.Unlock()
