@@ -25,7 +25,7 @@ import (
 func BenchmarkCreateToRunning(b *testing.B) {
 	s := up(b)
 	s.signup(b)
-	s.enroll(b)
+	s.enroll(b, b)
 	live := s.watch(b)
 	s.createTemplate(b, "site-light", false)
 	n := 100

@@ -43,7 +43,7 @@ func TestCustomerSite(t *testing.T) {
 	})
 
 	step("2 enroll the agent with a token from the API", func(t *testing.T) {
-		s.enroll(parent)
+		s.enroll(t, parent)
 		if s.agent.Count(`"kubernetes backend started"`) == 0 {
 			t.Fatal("the agent is online but never started its Kubernetes backend")
 		}

@@ -228,8 +228,9 @@ func (s *stack) createTemplate(t testing.TB, name string, home bool) {
 }
 
 // enroll creates an enrollment token through the API, starts the agent inside the site
-// with it and the public CA, and waits until the registry shows it online.
-func (s *stack) enroll(t testing.TB) {
+// with it and the public CA, and waits until the registry shows it online. The agent
+// lives as long as owner (t, or the test t is a step of).
+func (s *stack) enroll(t, owner testing.TB) {
 	t.Helper()
 	var tok struct {
 		Token string `json:"token"`
@@ -241,13 +242,13 @@ func (s *stack) enroll(t testing.TB) {
 	if err != nil || status != 200 {
 		t.Fatalf("GET /api/v1/agents/ca.pem: %d %v", status, err)
 	}
-	s.agentDir = t.TempDir()
+	s.agentDir = owner.TempDir()
 	for name, b := range map[string][]byte{"ca.pem": caPEM, "token": []byte(tok.Token)} {
 		if err := os.WriteFile(filepath.Join(s.agentDir, name), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	s.startAgent(t)
+	s.startAgent(owner)
 	harness.Eventually(t, 60*time.Second, "the agent is enrolled and online", func() error {
 		if s.agent.Exited() {
 			t.Fatalf("the agent exited (%v)", s.agent.Err())
