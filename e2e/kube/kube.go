@@ -12,6 +12,9 @@
 //	c := kube.ForTest(t, kube.Options{})
 //	cfg, _ := clientcmd.BuildConfigFromFlags("", c.Kubeconfig())
 //
+// With Options.NetNS the whole control plane runs inside a network namespace,
+// as a customer's cluster sits inside their site (e2e/site does this).
+//
 // See ../../../shared/STACK.md for the recipe and its pitfalls.
 package kube
 
