@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"streamspace.dev/e2e/harness"
+	"streamspace.dev/e2e/kube"
 )
 
 // BenchmarkCreateToRunning measures, through the whole stack, the time from a client's
@@ -22,8 +23,19 @@ import (
 // (STREAMSPACE_BENCH_SESSIONS overrides) one after the other and ten in flight, from a
 // template with a persistent home (a PVC per session) and from one without. Run with
 // -benchtime=1x; it needs what TestCustomerSite needs.
+//
+// STREAMSPACE_BENCH_KUBE_FLAGS adds flags to the Kubernetes processes, for experiments:
+// "kube-controller-manager=--pvclaimbinder-sync-period=1s kube-scheduler=--v=2".
 func BenchmarkCreateToRunning(b *testing.B) {
-	s := up(b)
+	opts := kube.Options{ExtraArgs: map[string][]string{}}
+	for _, f := range strings.Fields(os.Getenv("STREAMSPACE_BENCH_KUBE_FLAGS")) {
+		name, flag, ok := strings.Cut(f, "=")
+		if !ok {
+			b.Fatalf("STREAMSPACE_BENCH_KUBE_FLAGS: %q is not process=--flag", f)
+		}
+		opts.ExtraArgs[name] = append(opts.ExtraArgs[name], flag)
+	}
+	s := up(b, opts)
 	s.signup(b)
 	s.enroll(b, b)
 	live := s.watch(b)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"streamspace.dev/e2e/harness"
+	"streamspace.dev/e2e/kube"
 	"streamspace.dev/e2e/netns"
 )
 
@@ -22,7 +23,7 @@ const (
 // later failures would only be echoes of it.
 func TestCustomerSite(t *testing.T) {
 	began := time.Now()
-	s := up(t)
+	s := up(t, kube.Options{})
 	// The API client and the helpers fail the step being run, not its parent.
 	step := func(name string, f func(t *testing.T)) {
 		if !t.Run(name, func(st *testing.T) {

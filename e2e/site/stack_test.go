@@ -86,8 +86,9 @@ type stack struct {
 
 // up builds the binaries and starts everything but the agent: the namespaces and the
 // site's firewall (proving inbound is dropped), the stub stream endpoint, the local
-// Kubernetes control plane inside the site and the control plane beside it.
-func up(t testing.TB) *stack {
+// Kubernetes control plane inside the site (with kubeOpts, whose NetNS up sets) and the
+// control plane beside it.
+func up(t testing.TB, kubeOpts kube.Options) *stack {
 	t.Helper()
 	netns.RequireRoot(t, "the end-to-end test")
 	if _, err := pgserver.Binaries(); err != nil {
@@ -116,7 +117,8 @@ func up(t testing.TB) *stack {
 	s.stubPods(t)
 
 	step := time.Now()
-	s.kube = kube.ForTest(t, kube.Options{NetNS: s.pair.Site})
+	kubeOpts.NetNS = s.pair.Site
+	s.kube = kube.ForTest(t, kubeOpts)
 	t.Logf("kubernetes up inside the site in %v", time.Since(step).Round(time.Millisecond))
 	s.createNamespace(t)
 
