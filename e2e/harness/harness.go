@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"streamspace.dev/e2e/netns"
+	"streamspace.dev/libs/pgserver"
 )
 
 // Build compiles a command of the workspace into a temporary folder and returns the
@@ -274,6 +275,23 @@ func Eventually(t testing.TB, timeout time.Duration, what string, f func() error
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// DevDataDir returns a new data folder for `streamspace dev` and stops the private
+// PostgreSQL that the binary starts in it when the test ends: the cluster outlives the
+// binary by design (a restarted control plane reuses it), and must not outlive the test.
+// Call it before starting the binary, so this cleanup runs after the binary's.
+func DevDataDir(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "controlplane")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := pgserver.StopDir(ctx, filepath.Join(dir, "postgres")); err != nil {
+			t.Errorf("stopping the control plane's PostgreSQL: %v", err)
+		}
+	})
+	return dir
 }
 
 // BaseEnv is the environment for the binaries: ours, without settings that would point

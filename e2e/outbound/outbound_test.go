@@ -1,7 +1,6 @@
 package outbound
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -84,17 +83,9 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 		t.FailNow()
 	}
 
-	dataDir := filepath.Join(t.TempDir(), "controlplane")
-	t.Cleanup(func() {
-		// The private PostgreSQL outlives `streamspace dev` by design (it is reused on the
-		// restart below); it must not outlive the test. It runs in the control plane's
-		// namespace, whose deletion comes after this.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := pgserver.StopDir(ctx, filepath.Join(dataDir, "postgres")); err != nil {
-			t.Errorf("stopping the control plane's PostgreSQL: %v", err)
-		}
-	})
+	// The private PostgreSQL runs in the control plane's namespace, whose deletion comes
+	// after its cleanup.
+	dataDir := harness.DevDataDir(t)
 	gwAddr := netns.ControlIP + ":" + agentPort
 	cpArgs := []string{"dev", "--data-dir", dataDir, "--listen", apiAddr, "--log-level", "info",
 		"--agent-listen", gwAddr, "--agent-server-names", netns.ControlIP,

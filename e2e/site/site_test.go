@@ -80,32 +80,17 @@ func TestCustomerSite(t *testing.T) {
 	})
 
 	step("4 hibernate: the Deployment is at 0 and the home volume is kept", func(t *testing.T) {
-		since := live.mark()
-		s.api.Call("POST", "/api/v1/sessions/"+first.ID+"/hibernate", s.admin, nil, nil, 200)
-		live.wait(t, since, "session", first.ID, "Hibernated", phaseTimeout)
-		s.waitPhase(t, first.ID, "Hibernated", phaseTimeout)
-		s.requireDeployment(t, first.ID, 0)
-		s.requireHome(t, first.ID, home.Metadata.UID)
+		s.transition(t, live, first.ID, "hibernate", "Hibernated", 0, home.Metadata.UID)
 	})
 
 	step("5 wake: Running again, on the same home volume", func(t *testing.T) {
-		since := live.mark()
-		s.api.Call("POST", "/api/v1/sessions/"+first.ID+"/wake", s.admin, nil, nil, 200)
-		live.wait(t, since, "session", first.ID, "Running", runningTimeout)
-		if v := s.waitPhase(t, first.ID, "Running", phaseTimeout); v.AgentID != s.agentID {
+		if v := s.transition(t, live, first.ID, "wake", "Running", 1, home.Metadata.UID); v.AgentID != s.agentID {
 			t.Fatalf("woke on agent %s, want %s", v.AgentID, s.agentID)
 		}
-		s.requireDeployment(t, first.ID, 1)
-		s.requireHome(t, first.ID, home.Metadata.UID)
 	})
 
 	step("6 stop: the Deployment is at 0 and the home volume is kept", func(t *testing.T) {
-		since := live.mark()
-		s.api.Call("POST", "/api/v1/sessions/"+first.ID+"/stop", s.admin, nil, nil, 200)
-		live.wait(t, since, "session", first.ID, "Stopped", phaseTimeout)
-		s.waitPhase(t, first.ID, "Stopped", phaseTimeout)
-		s.requireDeployment(t, first.ID, 0)
-		s.requireHome(t, first.ID, home.Metadata.UID)
+		s.transition(t, live, first.ID, "stop", "Stopped", 0, home.Metadata.UID)
 	})
 
 	step("7 delete: everything is gone except the retained home volume", func(t *testing.T) {
@@ -184,6 +169,20 @@ func TestCustomerSite(t *testing.T) {
 		t.Errorf("the agent did not drain cleanly on SIGTERM: %v", err)
 	}
 	t.Logf("whole test in %v", time.Since(began).Round(time.Millisecond))
+}
+
+// transition asks for action on session id through the API, waits for phase on the live
+// stream and through the API, then for the Deployment at replicas, and checks that the
+// home volume is still the one with uid.
+func (s *stack) transition(t *testing.T, live *liveStream, id, action, phase string, replicas int32, uid string) sessionView {
+	t.Helper()
+	since := live.mark()
+	s.api.Call("POST", "/api/v1/sessions/"+id+"/"+action, s.admin, nil, nil, 200)
+	live.wait(t, since, "session", id, phase, runningTimeout)
+	v := s.waitPhase(t, id, phase, phaseTimeout)
+	s.requireDeployment(t, id, replicas)
+	s.requireHome(t, id, uid)
+	return v
 }
 
 // requireDeployment waits until the session's Deployment wants replicas and has them

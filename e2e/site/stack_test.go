@@ -122,17 +122,9 @@ func up(t testing.TB, kubeOpts kube.Options) *stack {
 	t.Logf("kubernetes up inside the site in %v", time.Since(step).Round(time.Millisecond))
 	s.createNamespace(t)
 
-	dataDir := filepath.Join(t.TempDir(), "controlplane")
-	t.Cleanup(func() {
-		// The private PostgreSQL outlives `streamspace dev` by design; it must not
-		// outlive the test. It runs in the control plane's namespace, whose deletion
-		// comes after this.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := pgserver.StopDir(ctx, filepath.Join(dataDir, "postgres")); err != nil {
-			t.Errorf("stopping the control plane's PostgreSQL: %v", err)
-		}
-	})
+	// The private PostgreSQL runs in the control plane's namespace, whose deletion comes
+	// after its cleanup.
+	dataDir := harness.DevDataDir(t)
 	gwAddr := netns.ControlIP + ":" + agentPort
 	s.cp = harness.Start(t, "control plane", s.pair.Control, cpBin, harness.BaseEnv(),
 		"dev", "--data-dir", dataDir, "--listen", apiAddr, "--log-level", "info",
