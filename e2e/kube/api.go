@@ -11,6 +11,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"streamspace.dev/e2e/netns"
 )
 
 // APIError is a non-2xx answer of the apiserver.
@@ -31,20 +33,40 @@ func (c *Cluster) newHTTPClient() *http.Client {
 	if err != nil {
 		panic(err) // generated just before; cannot fail
 	}
-	return &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-			MaxIdleConnsPerHost: 8,
-			IdleConnTimeout:     30 * time.Second,
-		},
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     30 * time.Second,
 	}
+	if c.netns != "" {
+		tr.DialContext = netns.Dialer(c.netns)
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: tr}
+}
+
+// plainClient is an HTTP client for etcd's health endpoint, inside the
+// cluster's namespace.
+func (c *Cluster) plainClient() *http.Client {
+	if c.netns == "" {
+		return http.DefaultClient
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: netns.Dialer(c.netns)}}
 }
 
 // Do sends a JSON request to the apiserver as the admin user. in, if not nil,
 // is marshalled as the body; out, if not nil, receives the decoded answer. A
 // non-2xx answer is returned as *APIError.
 func (c *Cluster) Do(ctx context.Context, method, path string, in, out any) error {
+	return c.do(ctx, method, path, "application/json", in, out)
+}
+
+// MergePatch sends patch to path as a JSON merge patch (RFC 7386), as
+// `kubectl patch --type=merge` does; out, if not nil, receives the object.
+func (c *Cluster) MergePatch(ctx context.Context, path string, patch, out any) error {
+	return c.do(ctx, http.MethodPatch, path, "application/merge-patch+json", patch, out)
+}
+
+func (c *Cluster) do(ctx context.Context, method, path, contentType string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -59,7 +81,7 @@ func (c *Cluster) Do(ctx context.Context, method, path string, in, out any) erro
 	}
 	req.Header.Set("Accept", "application/json")
 	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {
@@ -92,7 +114,7 @@ func (c *Cluster) createIfAbsent(ctx context.Context, path string, obj any) erro
 // kwok.x-k8s.io/node=fake, with no taint.
 func (c *Cluster) createNode(ctx context.Context, alloc map[string]string) error {
 	if len(alloc) == 0 {
-		alloc = map[string]string{"cpu": "32", "memory": "128Gi", "pods": "110"}
+		alloc = map[string]string{"cpu": "256", "memory": "1Ti", "pods": "1000"}
 	}
 	node := map[string]any{
 		"apiVersion": "v1",

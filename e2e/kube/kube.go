@@ -12,6 +12,9 @@
 //	c := kube.ForTest(t, kube.Options{})
 //	cfg, _ := clientcmd.BuildConfigFromFlags("", c.Kubeconfig())
 //
+// With Options.NetNS the whole control plane runs inside a network namespace,
+// as a customer's cluster sits inside their site (e2e/site does this).
+//
 // See ../../../shared/STACK.md for the recipe and its pitfalls.
 package kube
 
@@ -31,6 +34,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"streamspace.dev/e2e/netns"
 )
 
 // Version is the Kubernetes version of the control plane.
@@ -38,6 +43,11 @@ const Version = "v1.37.2"
 
 // NodeName is the name of the single fake Node that kwok manages.
 const NodeName = "kwok-node-0"
+
+// PodCIDR is the range kwok gives Pod IPs from. Nothing routes it; a test that
+// needs a Pod's IP to answer makes the range local in its namespace (`ip route
+// add local <PodCIDR> dev lo`) and listens on the Pod's port.
+const PodCIDR = "10.244.0.0/16"
 
 // StorageClassName is the name of the default StorageClass, whose volumes
 // kwok provisions and binds.
@@ -70,8 +80,20 @@ type Options struct {
 	BuildOutput io.Writer
 
 	// NodeAllocatable is the fake Node's capacity and allocatable. Defaults to
-	// cpu=32, memory=128Gi, pods=110.
+	// cpu=256, memory=1Ti, pods=1000: room for hundreds of small sessions.
 	NodeAllocatable map[string]string
+
+	// ExtraArgs adds flags to a process, by name ("etcd", "kube-apiserver",
+	// "kube-controller-manager", "kube-scheduler", "kwok"). They come after the
+	// defaults, so a flag given again here wins.
+	ExtraArgs map[string][]string
+
+	// NetNS, when set, names a network namespace (under /var/run/netns) in which
+	// every process runs: the whole control plane then listens on that
+	// namespace's 127.0.0.1, as a customer's cluster would sit inside their
+	// site. The Cluster's own client (Do, HTTPClient) opens its connections
+	// inside the namespace; the kubeconfig works for processes started in it.
+	NetNS string
 
 	// Logf, when set, receives one line per startup step with its timing.
 	Logf func(format string, args ...any)
@@ -87,6 +109,8 @@ type Cluster struct {
 	pki        *pki
 	client     *http.Client
 	logf       func(string, ...any)
+	netns      string
+	extra      map[string][]string
 
 	etcdURL string // http://127.0.0.1:port
 	apiPort int
@@ -163,7 +187,13 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		c := &Cluster{
 			dir: dir, removeDir: removeDir, bin: bin,
 			stages: filepath.Join(bin, "kwok-stages.yaml"),
-			logf:   logf, spawn: newSpawner(), procs: map[string]*proc{},
+			logf:   logf, netns: opts.NetNS, extra: opts.ExtraArgs, procs: map[string]*proc{},
+		}
+		if c.spawn, err = newSpawner(opts.NetNS); err != nil {
+			if removeDir {
+				_ = os.RemoveAll(dir)
+			}
+			return nil, err
 		}
 		err := c.start(ctx, opts, t0)
 		if err == nil {
@@ -193,7 +223,7 @@ func (c *Cluster) start(ctx context.Context, opts Options, t0 time.Time) error {
 	c.client = c.newHTTPClient()
 	c.logf("kube: pki in %v", time.Since(step).Round(time.Millisecond))
 
-	ports, err := freePorts(3)
+	ports, err := c.freePorts(3)
 	if err != nil {
 		return err
 	}
@@ -224,7 +254,7 @@ func (c *Cluster) start(ctx context.Context, opts Options, t0 time.Time) error {
 	}, nil); err != nil {
 		return err
 	}
-	if err := c.waitHTTP(ctx, "etcd", c.etcdURL+"/health", http.DefaultClient, 30*time.Second); err != nil {
+	if err := c.waitHTTP(ctx, "etcd", c.etcdURL+"/health", c.plainClient(), 30*time.Second); err != nil {
 		return err
 	}
 	c.logf("kube: etcd ready in %v", time.Since(step).Round(time.Millisecond))
@@ -248,12 +278,24 @@ func (c *Cluster) start(ctx context.Context, opts Options, t0 time.Time) error {
 		"--cluster-signing-cert-file=" + c.pki.caCert,
 		"--cluster-signing-key-file=" + c.pki.caKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
+		// The client-side defaults (20 QPS, 30 burst) make a burst of sessions
+		// measure the controller-manager's rate limiter: each session costs it
+		// about eight writes. This cluster is a test rig, not a shared apiserver.
+		"--kube-api-qps=1000", "--kube-api-burst=2000",
+		"--concurrent-deployment-syncs=20", "--concurrent-replicaset-syncs=20",
+		"--concurrent-service-endpoint-syncs=20",
+		// kwok renews its Node's Lease late under a load of hundreds of pods (or a
+		// busy CI machine); the node lifecycle controller would then mark every pod
+		// NotReady, and kwok never readies a Running pod again. A long grace period
+		// keeps that artefact out of tests.
+		"--node-monitor-grace-period=10m",
 		"--v=1",
 	}, nil); err != nil {
 		return err
 	}
 	if err := c.run("kube-scheduler", []string{
-		kc, "--leader-elect=false", "--secure-port=0", "--v=1",
+		kc, "--leader-elect=false", "--secure-port=0",
+		"--kube-api-qps=1000", "--kube-api-burst=2000", "--v=1",
 	}, nil); err != nil {
 		return err
 	}
@@ -262,7 +304,7 @@ func (c *Cluster) start(ctx context.Context, opts Options, t0 time.Time) error {
 		"--config=" + c.stages,
 		"--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-		"--cidr=10.244.0.0/16",
+		"--cidr=" + PodCIDR,
 		"--node-ip=127.0.0.1",
 	}, []string{"KWOK_WORKDIR=" + filepath.Join(c.dir, "kwok")}); err != nil {
 		return err
@@ -282,8 +324,9 @@ func (c *Cluster) start(ctx context.Context, opts Options, t0 time.Time) error {
 	return nil
 }
 
-// run starts a named process and records it.
+// run starts a named process, with its ExtraArgs after args, and records it.
 func (c *Cluster) run(name string, args, env []string) error {
+	args = append(args[:len(args):len(args)], c.extra[name]...)
 	p, err := c.startProc(name, filepath.Join(c.bin, name), args, env)
 	if err != nil {
 		return err
@@ -381,7 +424,10 @@ func (c *Cluster) Kubeconfig() string { return c.kubeconfig }
 // Dir returns the state directory.
 func (c *Cluster) Dir() string { return c.dir }
 
-// Server returns the apiserver's URL, https://127.0.0.1:<port>.
+// NetNS returns the network namespace the processes run in ("" for the caller's).
+func (c *Cluster) NetNS() string { return c.netns }
+
+// Server returns the apiserver's URL, https://127.0.0.1:<port> (inside NetNS when set).
 func (c *Cluster) Server() string { return "https://127.0.0.1:" + strconv.Itoa(c.apiPort) }
 
 // LogPath returns the log file of a process: "etcd", "kube-apiserver",
@@ -443,11 +489,12 @@ func (c *Cluster) procErr(p *proc) error {
 	return err
 }
 
-// freePorts returns n distinct free TCP ports on 127.0.0.1.
-func freePorts(n int) ([]int, error) {
+// freePorts returns n distinct free TCP ports on 127.0.0.1 of the cluster's
+// namespace.
+func (c *Cluster) freePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := netns.Listen(c.netns, "tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}

@@ -11,28 +11,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"streamspace.dev/e2e/harness"
 )
 
 // obj is a loosely typed Kubernetes object.
 type obj = map[string]any
-
-// eventually polls f every 50 ms until it returns nil or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	start := time.Now()
-	for {
-		err := f()
-		if err == nil {
-			t.Logf("%s after %v", what, time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 func skipShort(t *testing.T) {
 	if testing.Short() {
@@ -63,7 +47,7 @@ func TestCluster(t *testing.T) {
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "default ServiceAccount", func() error {
+	harness.Eventually(t, 30*time.Second, "default ServiceAccount", func() error {
 		return c.Do(ctx, http.MethodGet, "/api/v1/namespaces/"+ns+"/serviceaccounts/default", nil, nil)
 	})
 
@@ -86,7 +70,7 @@ func TestCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	var podName string
-	eventually(t, 60*time.Second, "Pod Running and Ready", func() error {
+	harness.Eventually(t, 60*time.Second, "Pod Running and Ready", func() error {
 		var list struct {
 			Items []struct {
 				Metadata struct{ Name string }
@@ -126,7 +110,7 @@ func TestCluster(t *testing.T) {
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 60*time.Second, "PVC Bound", func() error {
+	harness.Eventually(t, 60*time.Second, "PVC Bound", func() error {
 		var pvc struct {
 			Spec   struct{ StorageClassName string }
 			Status struct{ Phase string }
@@ -154,7 +138,7 @@ func TestCluster(t *testing.T) {
 	if err := c.Do(ctx, http.MethodPut, "/apis/apps/v1/namespaces/"+ns+"/deployments/dummy/scale", scale, nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 60*time.Second, "2 ready replicas after the restart", func() error {
+	harness.Eventually(t, 60*time.Second, "2 ready replicas after the restart", func() error {
 		var d struct{ Status struct{ ReadyReplicas int } }
 		if err := c.Do(ctx, http.MethodGet, "/apis/apps/v1/namespaces/"+ns+"/deployments/dummy", nil, &d); err != nil {
 			return err
@@ -194,7 +178,12 @@ func TestParallelClusters(t *testing.T) {
 	)
 	t0 := time.Now()
 	for i := range cs {
-		wg.Go(func() { cs[i], es[i] = Start(ctx, Options{Dir: t.TempDir()}) })
+		// The second one also proves ExtraArgs reach their process, after the defaults.
+		opts := Options{Dir: t.TempDir()}
+		if i == 1 {
+			opts.ExtraArgs = map[string][]string{"kube-scheduler": {"--v=2"}}
+		}
+		wg.Go(func() { cs[i], es[i] = Start(ctx, opts) })
 	}
 	wg.Wait()
 	for i, c := range cs {
@@ -210,6 +199,12 @@ func TestParallelClusters(t *testing.T) {
 	for _, c := range cs {
 		if err := c.Do(ctx, http.MethodGet, "/api/v1/nodes/"+NodeName, nil, nil); err != nil {
 			t.Fatal(err)
+		}
+	}
+	for i, c := range cs {
+		header, _, _ := strings.Cut(tail(c.LogPath("kube-scheduler"), 1<<20), "\n")
+		if has := strings.HasSuffix(header, " --v=1 --v=2"); has != (i == 1) {
+			t.Errorf("cluster %d: kube-scheduler started as %q", i, header)
 		}
 	}
 }

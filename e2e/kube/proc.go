@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"streamspace.dev/e2e/netns"
 )
 
 // proc is one running control-plane process.
@@ -65,13 +67,24 @@ type spawnReq struct {
 	reply chan error
 }
 
-func newSpawner() *spawner {
+// newSpawner starts the spawning thread, inside network namespace ns when
+// not empty: children are born in their parent thread's namespace.
+func newSpawner(ns string) (*spawner, error) {
 	s := &spawner{reqs: make(chan spawnReq), quit: make(chan struct{})}
+	ready := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		// Deliberately never unlocked: when the goroutine ends, its thread
 		// exits, and only then (after every child has been stopped) do the
-		// death signals fire.
+		// death signals fire. That also keeps a thread moved into ns from
+		// ever running another goroutine.
+		if ns != "" {
+			if err := netns.Enter(ns); err != nil {
+				ready <- fmt.Errorf("kube: %w", err)
+				return
+			}
+		}
+		ready <- nil
 		for {
 			select {
 			case r := <-s.reqs:
@@ -81,7 +94,10 @@ func newSpawner() *spawner {
 			}
 		}
 	}()
-	return s
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 func (s *spawner) start(cmd *exec.Cmd) error {

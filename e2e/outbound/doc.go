@@ -3,9 +3,9 @@
 // The test builds the real binaries (`streamspace` and `streamspace-agent`) and runs them
 // in two network namespaces joined by a veth pair, 10.77.0.0/30:
 //
-//	ssob-gw-<pid>   10.77.0.1  the control plane: `streamspace dev`, with its private
+//	ssob-cp-<pid>   10.77.0.1  the control plane: `streamspace dev`, with its private
 //	                           PostgreSQL on the namespace's own 127.0.0.1
-//	ssob-ag-<pid>   10.77.0.2  the customer's site: streamspace-agent, behind an nftables
+//	ssob-site-<pid> 10.77.0.2  the customer's site: streamspace-agent, behind an nftables
 //	                           input policy of drop that admits only loopback and
 //	                           established/related traffic (STACK.md's rule set)
 //

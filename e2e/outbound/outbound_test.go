@@ -1,7 +1,6 @@
 package outbound
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,8 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"streamspace.dev/e2e/harness"
+	"streamspace.dev/e2e/netns"
 	"streamspace.dev/libs/pgserver"
 )
+
+// nsPrefix starts the name of every namespace this package creates; the stale sweep
+// deletes only names with it.
+const nsPrefix = "ssob-"
 
 // Fixed ports: the control plane's namespace is new and empty, so nothing else can hold
 // them, and a restarted control plane must come back on the agent's configured address.
@@ -51,55 +56,47 @@ type (
 // written while it was cut off; meanwhile nothing can open a connection into its site.
 // See the package documentation for the layout.
 func TestAgentTunnelIsOutboundOnly(t *testing.T) {
-	requireRootAndTools(t)
+	netns.RequireRoot(t, "the outbound-only test")
 	if _, err := pgserver.Binaries(); err != nil {
 		t.Fatalf("%v (or run `bash infra/dev/ensure-postgres.sh` as root)", err)
 	}
-	sweepStale(t)
+	netns.SweepStale(t, nsPrefix)
 	began := time.Now()
 
 	// Build first: it is the slow part, and nothing needs cleaning up yet if it fails.
-	cpBin := build(t, "streamspace.dev/services/streamspace/cmd/streamspace")
-	agentBin := build(t, "streamspace.dev/agent/cmd/streamspace-agent")
+	cpBin := harness.Build(t, "streamspace.dev/services/streamspace/cmd/streamspace")
+	agentBin := harness.Build(t, "streamspace.dev/agent/cmd/streamspace-agent")
 	t.Logf("binaries built in %v", time.Since(began).Round(time.Millisecond))
 
-	s := newSite(t)
-	lis := startListeners(t, s.agentNS)
+	s := netns.NewPair(t, nsPrefix)
+	lis := netns.StartListeners(t, s.Site, netns.SiteIP)
 	// A positive control: before the firewall, the gateway's side does reach the
 	// listeners, so their later silence is the firewall's doing and not a routing fault.
-	requireReachable(t, s.gwNS, lis, "the veth pair works before the firewall is loaded")
-	s.firewallAgent(t)
+	netns.RequireReachable(t, s.Control, lis, "the veth pair works before the firewall is loaded")
+	s.FirewallSite(t)
 
 	t.Run("inbound connections to the agent's site are dropped", func(t *testing.T) {
-		requireBlocked(t, s.gwNS, lis)
-		requireReachable(t, s.agentNS, lis, "the same listeners must still answer from inside the site")
+		netns.RequireBlocked(t, s.Control, lis)
+		netns.RequireReachable(t, s.Site, lis, "the same listeners must still answer from inside the site")
 	})
 	if t.Failed() {
 		t.FailNow()
 	}
 
-	dataDir := filepath.Join(t.TempDir(), "controlplane")
-	t.Cleanup(func() {
-		// The private PostgreSQL outlives `streamspace dev` by design (it is reused on the
-		// restart below); it must not outlive the test. It runs in the control plane's
-		// namespace, whose deletion comes after this.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := pgserver.StopDir(ctx, filepath.Join(dataDir, "postgres")); err != nil {
-			t.Errorf("stopping the control plane's PostgreSQL: %v", err)
-		}
-	})
-	gwAddr := gwIP + ":" + agentPort
+	// The private PostgreSQL runs in the control plane's namespace, whose deletion comes
+	// after its cleanup.
+	dataDir := harness.DevDataDir(t)
+	gwAddr := netns.ControlIP + ":" + agentPort
 	cpArgs := []string{"dev", "--data-dir", dataDir, "--listen", apiAddr, "--log-level", "info",
-		"--agent-listen", gwAddr, "--agent-server-names", gwIP,
+		"--agent-listen", gwAddr, "--agent-server-names", netns.ControlIP,
 		// Short liveness settings, so losing the agent shows within seconds; the
 		// keep-alive stays far below the 30 s UDP conntrack timeout of the agent's
 		// firewall either way.
 		"--agent-heartbeat", "1s", "--agent-degraded-after", "3s", "--agent-offline-after", "6s",
 		"--agent-keepalive", "1s", "--agent-idle-timeout", "3s", "--agent-resync", "2s"}
-	cp := start(t, "control plane (1st)", s.gwNS, cpBin, baseEnv(), cpArgs...)
-	a := newAPI(t, s.gwNS, "http://"+apiAddr)
-	a.waitReady(cp, 90*time.Second)
+	cp := harness.Start(t, "control plane (1st)", s.Control, cpBin, harness.BaseEnv(), cpArgs...)
+	a := harness.NewAPI(t, s.Control, "http://"+apiAddr, false)
+	a.WaitReady(cp, 90*time.Second)
 
 	// The operator's side, entirely through the public API.
 	var signup struct {
@@ -107,12 +104,12 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 			ID string `json:"id"`
 		} `json:"tenant"`
 	}
-	a.call("POST", "/api/v1/signup", "", map[string]string{"tenant_name": "Initech", "slug": "initech",
+	a.Call("POST", "/api/v1/signup", "", map[string]string{"tenant_name": "Initech", "slug": "initech",
 		"email": "ops@initech.test", "password": "a long enough passphrase"}, &signup, 201)
 	var login struct {
 		AccessToken string `json:"access_token"`
 	}
-	a.call("POST", "/api/v1/auth/login", "", map[string]string{"tenant": "initech", "email": "ops@initech.test",
+	a.Call("POST", "/api/v1/auth/login", "", map[string]string{"tenant": "initech", "email": "ops@initech.test",
 		"password": "a long enough passphrase"}, &login, 200)
 	admin := login.AccessToken
 	if admin == "" {
@@ -121,10 +118,10 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	var tok struct {
 		Token string `json:"token"`
 	}
-	a.call("POST", "/api/v1/enrollment-tokens", admin, map[string]any{"name": "site-1"}, &tok, 201)
+	a.Call("POST", "/api/v1/enrollment-tokens", admin, map[string]any{"name": "site-1"}, &tok, 201)
 	// The CA is public: an operator hands it to the agent with the token, so the agent
 	// can verify the enrollment endpoint before it holds any credential.
-	status, caPEM, err := a.do("GET", "/api/v1/agents/ca.pem", "", nil)
+	status, caPEM, err := a.Do("GET", "/api/v1/agents/ca.pem", "", nil)
 	if err != nil || status != 200 {
 		t.Fatalf("GET /api/v1/agents/ca.pem: %d %v", status, err)
 	}
@@ -142,22 +139,22 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 		"--name", "site-1", "--log-level", "debug",
 		"--keepalive", "1s", "--idle-timeout", "3s", "--heartbeat", "1s",
 		"--backoff-initial", "100ms", "--backoff-max", "1s", "--drain-timeout", "2s"}
-	ag := start(t, "agent", s.agentNS, agentBin, baseEnv(), agentArgs...)
+	ag := harness.Start(t, "agent", s.Site, agentBin, harness.BaseEnv(), agentArgs...)
 
 	getAgents := func() []agentView {
 		var l struct {
 			Items []agentView `json:"items"`
 		}
-		a.call("GET", "/api/v1/agents", admin, nil, &l, 200)
+		a.Call("GET", "/api/v1/agents", admin, nil, &l, 200)
 		return l.Items
 	}
 	getAssignment := func(sess string) assignmentView {
 		var v assignmentView
-		a.call("GET", "/api/v1/assignments/"+sess, admin, nil, &v, 200)
+		a.Call("GET", "/api/v1/assignments/"+sess, admin, nil, &v, 200)
 		return v
 	}
 	getStatus := func(sess string) (statusView, error) {
-		code, b, err := a.do("GET", "/api/v1/session-status/"+sess, admin, nil)
+		code, b, err := a.Do("GET", "/api/v1/session-status/"+sess, admin, nil)
 		if err != nil {
 			return statusView{}, err
 		}
@@ -170,7 +167,7 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	waitRunning := func(t *testing.T, sess string, gen int64) statusView {
 		t.Helper()
 		var st statusView
-		eventually(t, 15*time.Second, "status of "+sess+" running at generation "+fmt.Sprint(gen), func() error {
+		harness.Eventually(t, 15*time.Second, "status of "+sess+" running at generation "+fmt.Sprint(gen), func() error {
 			var err error
 			if st, err = getStatus(sess); err != nil {
 				return err
@@ -189,8 +186,8 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	// The API client and the helpers fail the step being run, not its parent.
 	step := func(name string, f func(t *testing.T)) {
 		if !t.Run(name, func(st *testing.T) {
-			a.t = st
-			defer func() { a.t = t }()
+			a.T = st
+			defer func() { a.T = t }()
 			f(st)
 		}) {
 			t.FailNow()
@@ -200,9 +197,9 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	parent := t
 
 	step("1 enroll with a token created through the API", func(t *testing.T) {
-		eventually(t, 20*time.Second, "the agent is in the registry", func() error {
-			if ag.exited() {
-				t.Fatalf("the agent exited during enrollment (%v)", ag.err)
+		harness.Eventually(t, 20*time.Second, "the agent is in the registry", func() error {
+			if ag.Exited() {
+				t.Fatalf("the agent exited during enrollment (%v)", ag.Err())
 			}
 			l := getAgents()
 			if len(l) != 1 {
@@ -220,7 +217,7 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	})
 
 	step("2 connect the tunnel", func(t *testing.T) {
-		eventually(t, 15*time.Second, "the agent is online", func() error {
+		harness.Eventually(t, 15*time.Second, "the agent is online", func() error {
 			l := getAgents()
 			if len(l) != 1 || l[0].State != "online" || l[0].Gateway == "" || l[0].LastSeen == nil {
 				return fmt.Errorf("registry shows %+v, want one agent online with a gateway replica and last_seen", l)
@@ -228,7 +225,7 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 			firstGateway = l[0].Gateway
 			return nil
 		})
-		if ag.count(`"tunnel up"`) == 0 {
+		if ag.Count(`"tunnel up"`) == 0 {
 			t.Fatal("the registry says online but the agent never logged \"tunnel up\"")
 		}
 	})
@@ -236,16 +233,16 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	var gen1 int64
 	var st1 statusView
 	step("3 deliver desired state written through the API", func(t *testing.T) {
-		before := ag.count(`"applied desired state"`)
+		before := ag.Count(`"applied desired state"`)
 		var as assignmentView
-		a.call("PUT", "/api/v1/assignments/sess-1", admin, map[string]any{"agent_id": agentID, "desired": "running",
+		a.Call("PUT", "/api/v1/assignments/sess-1", admin, map[string]any{"agent_id": agentID, "desired": "running",
 			"spec": map[string]any{"template": "firefox"}}, &as, 200)
 		gen1 = as.Generation
 		if gen1 < 1 || as.AgentID != agentID {
 			t.Fatalf("assignment written as %+v", as)
 		}
-		eventually(t, 10*time.Second, "the agent received the change", func() error {
-			if ag.count(`"applied desired state"`) <= before {
+		harness.Eventually(t, 10*time.Second, "the agent received the change", func() error {
+			if ag.Count(`"applied desired state"`) <= before {
 				return fmt.Errorf("no new \"applied desired state\" line in the agent's log (a gateway-opened stream through the site's firewall)")
 			}
 			return nil
@@ -253,7 +250,7 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	})
 
 	step("4 acknowledge: acked_generation visible through the API", func(t *testing.T) {
-		eventually(t, 10*time.Second, "sess-1 acknowledged", func() error {
+		harness.Eventually(t, 10*time.Second, "sess-1 acknowledged", func() error {
 			v := getAssignment("sess-1")
 			if v.AckedGeneration != gen1 {
 				return fmt.Errorf("acked_generation %d, generation %d, ack_error %s", v.AckedGeneration, v.Generation, v.AckError)
@@ -270,21 +267,21 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	})
 
 	step("6 reconnect after the control plane restarts", func(t *testing.T) {
-		ups := ag.count(`"tunnel up"`)
-		if err := cp.stop(t); err != nil {
+		ups := ag.Count(`"tunnel up"`)
+		if err := cp.Stop(t); err != nil {
 			t.Fatalf("the control plane did not stop cleanly on SIGTERM: %v", err)
 		}
-		if ag.exited() {
-			t.Fatalf("the agent gave up when the control plane stopped (%v)", ag.err)
+		if ag.Exited() {
+			t.Fatalf("the agent gave up when the control plane stopped (%v)", ag.Err())
 		}
-		cp = start(parent, "control plane (2nd)", s.gwNS, cpBin, baseEnv(), cpArgs...)
-		a.waitReady(cp, 60*time.Second)
-		eventually(t, 20*time.Second, "the agent reconnected to the new process", func() error {
+		cp = harness.Start(parent, "control plane (2nd)", s.Control, cpBin, harness.BaseEnv(), cpArgs...)
+		a.WaitReady(cp, 60*time.Second)
+		harness.Eventually(t, 20*time.Second, "the agent reconnected to the new process", func() error {
 			l := getAgents()
 			if len(l) != 1 || l[0].State != "online" || l[0].Gateway == "" || l[0].Gateway == firstGateway {
 				return fmt.Errorf("registry shows %+v, want the agent online on a replica other than %s", l, firstGateway)
 			}
-			if ag.count(`"tunnel up"`) <= ups {
+			if ag.Count(`"tunnel up"`) <= ups {
 				return fmt.Errorf("the agent has not logged a new \"tunnel up\"")
 			}
 			return nil
@@ -295,37 +292,37 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	})
 
 	step("7 deliver work written while the agent was cut off", func(t *testing.T) {
-		ups := ag.count(`"tunnel up"`)
-		s.setLink(t, false)
+		ups := ag.Count(`"tunnel up"`)
+		s.SetSiteLink(t, false)
 		linkDown := true
 		defer func() {
 			if linkDown {
-				s.setLink(t, true)
+				s.SetSiteLink(t, true)
 			}
 		}()
-		eventually(t, 20*time.Second, "the control plane sees the agent gone", func() error {
+		harness.Eventually(t, 20*time.Second, "the control plane sees the agent gone", func() error {
 			if l := getAgents(); len(l) != 1 || l[0].State == "online" {
 				return fmt.Errorf("registry shows %+v, want the agent not online", l)
 			}
 			return nil
 		})
 		var as assignmentView
-		a.call("PUT", "/api/v1/assignments/sess-2", admin, map[string]any{"agent_id": agentID, "desired": "running"}, &as, 200)
+		a.Call("PUT", "/api/v1/assignments/sess-2", admin, map[string]any{"agent_id": agentID, "desired": "running"}, &as, 200)
 		// Two resync periods: were the agent somehow still reachable, it would have
 		// acknowledged by now.
 		time.Sleep(4 * time.Second)
 		if v := getAssignment("sess-2"); v.AckedGeneration != 0 {
 			t.Fatalf("sess-2 was acknowledged (%+v) while the agent's uplink was down", v)
 		}
-		s.setLink(t, true)
+		s.SetSiteLink(t, true)
 		linkDown = false
-		eventually(t, 20*time.Second, "sess-2 acknowledged after the agent came back", func() error {
+		harness.Eventually(t, 20*time.Second, "sess-2 acknowledged after the agent came back", func() error {
 			if v := getAssignment("sess-2"); v.AckedGeneration != as.Generation {
 				return fmt.Errorf("acked_generation %d, want %d", v.AckedGeneration, as.Generation)
 			}
 			return nil
 		})
-		if ag.count(`"tunnel up"`) <= ups {
+		if ag.Count(`"tunnel up"`) <= ups {
 			t.Fatal("sess-2 acknowledged without the agent logging a new \"tunnel up\"")
 		}
 		waitRunning(t, "sess-2", as.Generation)
@@ -342,10 +339,10 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 
 	t.Run("inbound is still dropped while the tunnel is up", func(t *testing.T) {
 		// The tunnel's own conntrack entry must not open the site to anyone else.
-		requireBlocked(t, s.gwNS, lis)
+		netns.RequireBlocked(t, s.Control, lis)
 	})
 
-	if err := ag.stop(t); err != nil {
+	if err := ag.Stop(t); err != nil {
 		t.Errorf("the agent did not drain cleanly on SIGTERM: %v", err)
 	}
 	t.Logf("whole test in %v", time.Since(began).Round(time.Millisecond))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes sure the outbound-only end-to-end test (e2e/outbound) has what it needs: `ip`
+# Makes sure the network-namespace end-to-end tests (e2e/outbound, e2e/site) have what they need: `ip`
 # (iproute2) for network namespaces and veth pairs, and `nft` (nftables) for the agent
 # namespace's stateful firewall. Neither firewall tool is preinstalled on this project's
 # machines (STACK.md), so as root they are installed from Debian's packages. Without root
