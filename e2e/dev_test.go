@@ -22,19 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"streamspace.dev/e2e/harness"
 	"streamspace.dev/libs/pgserver"
 )
-
-// build compiles a command of the workspace into a temporary folder.
-func build(t *testing.T, pkg string) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", pkg, err, b)
-	}
-	return out
-}
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -63,7 +53,7 @@ func TestDevStartsFromNothing(t *testing.T) {
 	if out, err := exec.Command("bash", "kube/build.sh").CombinedOutput(); err != nil {
 		t.Fatalf("the local cluster's binaries could not be built: %v\n%s\nRun `bash e2e/kube/build.sh` (needs the Go module proxy, about 5 minutes and 3 GB of RAM once).", err, out)
 	}
-	bin := build(t, "streamspace.dev/services/streamspace/cmd/streamspace")
+	bin := harness.Build(t, "streamspace.dev/services/streamspace/cmd/streamspace")
 	dataDir := filepath.Join(t.TempDir(), "state")
 	t.Cleanup(func() {
 		// The cluster outlives the binary by design; this test's must not outlive the test.
