@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -114,6 +115,16 @@ func New(deps server.Deps, cfg Config) (*Module, error) {
 		auth:   auth.Middleware(deps.Verifier),
 		svc:    svc, store: store, ctrl: ctrl, cancel: cancel, done: make(chan struct{}),
 	}
+	if deps.Ready != nil {
+		// Live streams see changes only through the listener: until it listens, this
+		// replica would show its viewers a frozen picture.
+		deps.Ready.AddCheck("sessions-listener", func(context.Context) error {
+			if !ctrl.Listening() {
+				return errors.New("not listening for session changes")
+			}
+			return nil
+		})
+	}
 	go func() {
 		defer close(m.done)
 		ctrl.Run(ctx)
@@ -168,7 +179,13 @@ type Controller struct {
 	hub    *sessions.Hub
 	cfg    Config
 	logger *slog.Logger
+	// listening is true while the notification connection holds its LISTENs.
+	listening atomic.Bool
 }
+
+// Listening reports whether the controller is following change notifications, without
+// which live streams and status folding wait for the next Tick.
+func (c *Controller) Listening() bool { return c.listening.Load() }
 
 // Actor is the audit log's name for the controller's own actions.
 const Actor = "system:sessions"
@@ -283,6 +300,8 @@ func (c *Controller) listenOnce(ctx context.Context) error {
 			return err
 		}
 	}
+	c.listening.Store(true)
+	defer c.listening.Store(false)
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {

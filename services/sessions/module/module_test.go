@@ -80,6 +80,12 @@ func start(t testing.TB) *harness {
 		}
 	})
 	h.base = "http://" + ln.Addr().String()
+	// Live-stream tests need the change listener, which connects on its own after start.
+	for deadline := time.Now().Add(30 * time.Second); !h.mod.Controller().Listening(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the sessions controller is not listening for changes after 30 s")
+		}
+	}
 	return h
 }
 
