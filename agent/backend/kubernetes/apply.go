@@ -76,16 +76,31 @@ func (b *Backend) Apply(ctx context.Context, set []wire.Assignment) []error {
 func (b *Backend) ensure(ctx context.Context, a wire.Assignment) error {
 	n := namesFor(a.SessionID)
 	defer b.lock(n.label)()
-	// Events caused by this very ensure must not look like drift to the repair worker
-	// while it runs, however long a loaded apiserver takes.
+	return b.ensureHeld(ctx, a, n)
+}
+
+// busy marks a session's objects as being written by the agent itself, until the
+// returned func: the events this causes must not look like drift to the repair worker,
+// however long a loaded apiserver takes.
+func (b *Backend) busy(label string) func() {
 	b.mu.Lock()
-	b.inflight[n.label]++
+	b.inflight[label]++
 	b.mu.Unlock()
-	err := b.ensureLocked(ctx, a, n)
-	b.mu.Lock()
-	if b.inflight[n.label]--; b.inflight[n.label] <= 0 {
-		delete(b.inflight, n.label)
+	return func() {
+		b.mu.Lock()
+		if b.inflight[label]--; b.inflight[label] <= 0 {
+			delete(b.inflight, label)
+		}
+		b.mu.Unlock()
 	}
+}
+
+// ensureHeld is ensure with the session's lock held, and records the outcome.
+func (b *Backend) ensureHeld(ctx context.Context, a wire.Assignment, n names) error {
+	done := b.busy(n.label)
+	err := b.ensureLocked(ctx, a, n)
+	done()
+	b.mu.Lock()
 	if err != nil {
 		b.applyErr[n.label] = err
 	} else {
@@ -389,7 +404,10 @@ func toList(m map[string]resource.Quantity) corev1.ResourceList {
 func (b *Backend) Remove(ctx context.Context, id wire.SessionID) error {
 	n := namesFor(id)
 	defer b.lock(n.label)()
+	// A Deployment seen gone while its root is still cached is Remove at work, not drift.
+	done := b.busy(n.label)
 	err := b.removeLocked(ctx, n)
+	done()
 	b.mu.Lock()
 	if err != nil {
 		b.applyErr[n.label] = err

@@ -3,6 +3,9 @@ package kubernetes_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 
 	"streamspace.dev/agent/backend/kubernetes"
 	"streamspace.dev/agent/reconcile"
@@ -251,5 +255,64 @@ func foreignDeployment(name string, l map[string]string) *appsv1.Deployment {
 				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "nginx"}}},
 			},
 		},
+	}
+}
+
+// slowDeletes delays every DELETE of a ConfigMap while on, as a loaded apiserver does.
+type slowDeletes struct {
+	rt  http.RoundTripper
+	on  *atomic.Bool
+	lag time.Duration
+}
+
+func (s slowDeletes) RoundTrip(r *http.Request) (*http.Response, error) {
+	if s.on.Load() && r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/configmaps/") {
+		time.Sleep(s.lag)
+	}
+	return s.rt.RoundTrip(r)
+}
+
+// TestRemoveIsNotUndoneByRepair: while Remove deletes a session's objects, the caches
+// see its Deployment gone before its root, which looks like drift. The repair that
+// queues must not recreate the session once Remove has finished; under a burst of
+// deletes (a slow apiserver) it used to, and the session's objects stayed for good.
+func TestRemoveIsNotUndoneByRepair(t *testing.T) {
+	needCluster(t)
+	t.Parallel()
+	c := adminClient(t)
+	ns := newNamespace(t, c)
+	var slow atomic.Bool
+	rc := rest.CopyConfig(admin)
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return slowDeletes{rt: rt, on: &slow, lag: 2 * time.Second}
+	})
+	// The clock runs ahead once the session is up, so that its apply is long settled
+	// and a missing object counts as drift at once, as for a session created minutes ago.
+	var skew atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	b := newBackend(t, ns, newStreamListener(t), options{cfg: rc, mutate: func(cfg *kubernetes.Config) { cfg.Now = now }})
+	ctx := context.Background()
+	id := newSessionID()
+	name := "ss-" + dashed(id)
+	applyOK(t, b, assignment(t, id, 1, wire.DesiredRunning))
+	waitPhase(t, b, id, wire.PhaseRunning, "")
+	skew.Store(int64(time.Hour))
+
+	slow.Store(true)
+	if err := b.Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	slow.Store(false)
+	// The repair is rate limited (200 ms, then doubling) and waits for Remove's lock:
+	// give it time to act, then the session must still be gone.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := c.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{}); !isNotFound(err) {
+			t.Fatalf("the root of the removed session is back (err %v)", err)
+		}
+		if _, err := c.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{}); !isNotFound(err) {
+			t.Fatalf("the Deployment of the removed session is back (err %v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

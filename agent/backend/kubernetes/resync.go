@@ -150,8 +150,30 @@ func (b *Backend) repair(ctx context.Context, label string) error {
 	if err != nil {
 		return err
 	}
-	b.cfg.Log.InfoContext(ctx, "repairing drift", "session", a.SessionID, "deployment_missing", o.dep == nil, "service_missing", o.svc == nil)
-	return b.ensure(ctx, *a)
+	return b.reapply(ctx, namesFor(a.SessionID), "repairing drift", "deployment_missing", o.dep == nil, "service_missing", o.svc == nil)
+}
+
+// reapply applies a session's recorded assignment again, as its root on the apiserver
+// holds it once the session's lock is taken. A repair is decided from the caches, which
+// may still hold the root of a session that Remove is deleting (its Deployment already
+// gone looks like drift); applying that stale copy after Remove returns would bring the
+// session back for good, since nothing assigns it any more. Reading the root under the
+// lock sees what a Remove or Apply that held the lock meanwhile did.
+func (b *Backend) reapply(ctx context.Context, n names, msg string, logArgs ...any) error {
+	defer b.lock(n.label)()
+	root, err := b.client.CoreV1().ConfigMaps(b.ns).Get(ctx, n.root(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && root.DeletionTimestamp != nil) {
+		return nil // removed meanwhile: nothing to repair
+	}
+	if err != nil {
+		return apiError(b.ns, "get configmaps "+n.root(), err)
+	}
+	a, err := decodeStored(root)
+	if err != nil {
+		return err
+	}
+	b.cfg.Log.InfoContext(ctx, msg, append([]any{"session", a.SessionID}, logArgs...)...)
+	return b.ensureHeld(ctx, *a, n)
 }
 
 // checkSecrets recreates missing credentials. Secrets are not cached (an informer would
@@ -186,19 +208,11 @@ func (b *Backend) checkSecrets(ctx context.Context) error {
 		recent := b.cfg.Now().Sub(b.ensured[n.label]) < settle || b.inflight[n.label] > 0
 		b.mu.Unlock()
 		if !recent {
-			b.repairSecret(ctx, n)
+			// Its error is recorded and reported with the session's status.
+			_ = b.reapply(ctx, n, "repairing drift: credentials missing")
 		}
 	}
 	return nil
-}
-
-func (b *Backend) repairSecret(ctx context.Context, n names) {
-	a, err := b.stored(ctx, n)
-	if err != nil || a == nil {
-		return
-	}
-	b.cfg.Log.InfoContext(ctx, "repairing drift: credentials missing", "session", a.SessionID)
-	_ = b.ensure(ctx, *a) // its error is recorded and reported with the session's status
 }
 
 // sweep deletes objects that carry our labels but belong to no session. A root missing
