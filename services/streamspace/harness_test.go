@@ -23,6 +23,11 @@ import (
 	"streamspace.dev/tenants/tenantstest"
 )
 
+// shutdownTimeout is the test servers' drain deadline. It must exceed net/http's 5 s
+// grace for connections that have not sent a request yet (Go's client dials spare ones
+// under load): with 5 s, Shutdown could report a cut-short drain for an idle client.
+const shutdownTimeout = 15 * time.Second
+
 // plane is the all-in-one control plane running on a real socket and a fresh real
 // database for one test; the flow tests drive it only through its HTTP API.
 type plane struct {
@@ -58,7 +63,7 @@ func startPlaneWith(t testing.TB, set func(*streamspace.Settings)) *plane {
 	var sm atomic.Pointer[sessions.Module]
 	go func() {
 		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
-			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 20, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
+			LogLevel: "warn", ShutdownTimeout: shutdownTimeout, MaxConns: 20, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
 			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
 				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 			}},

@@ -35,7 +35,7 @@ func TestAllInOneServesEveryModule(t *testing.T) {
 	var names []string
 	go func() {
 		done <- server.Run(ctx, server.Config{Name: "streamspace", Listen: "127.0.0.1:0", DatabaseURL: env.URL,
-			LogLevel: "warn", ShutdownTimeout: 5 * time.Second, MaxConns: 4},
+			LogLevel: "warn", ShutdownTimeout: shutdownTimeout, MaxConns: 4},
 			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
 				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 			}},

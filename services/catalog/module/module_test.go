@@ -22,6 +22,11 @@ import (
 	"streamspace.dev/tenants/tenantstest"
 )
 
+// shutdownTimeout is the test servers' drain deadline. It must exceed net/http's 5 s
+// grace for connections that have not sent a request yet (Go's client dials spare ones
+// under load): with 5 s, Shutdown could report a cut-short drain for an idle client.
+const shutdownTimeout = 15 * time.Second
+
 // harness is a catalog server on a real socket over a real database, with two tenants.
 type harness struct {
 	t      *testing.T
@@ -48,7 +53,7 @@ func start(t *testing.T) *harness {
 	started := make(chan struct{})
 	go func() {
 		done <- server.Run(ctx, server.Config{Name: "catalog", Listen: "127.0.0.1:0", DatabaseURL: env.URL, LogLevel: "error",
-			ShutdownTimeout: 5 * time.Second, MaxConns: 4, Issuer: authtest.Issuer, Audience: auth.DefaultAudience},
+			ShutdownTimeout: shutdownTimeout, MaxConns: 4, Issuer: authtest.Issuer, Audience: auth.DefaultAudience},
 			server.Options{Listener: ln, OnStart: func(server.Started) { close(started) }},
 			func(d server.Deps) ([]server.Module, error) {
 				d.Verifier = h.signer.Verifier(t)

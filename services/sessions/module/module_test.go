@@ -25,6 +25,11 @@ import (
 	"streamspace.dev/tenants/tenantstest"
 )
 
+// shutdownTimeout is the test servers' drain deadline. It must exceed net/http's 5 s
+// grace for connections that have not sent a request yet (Go's client dials spare ones
+// under load): with 5 s, Shutdown could report a cut-short drain for an idle client.
+const shutdownTimeout = 15 * time.Second
+
 // harness is the sessions service on a real socket over a real database, with two tenants
 // that each have a template "desk".
 type harness struct {
@@ -57,7 +62,7 @@ func start(t testing.TB) *harness {
 	started := make(chan struct{})
 	go func() {
 		done <- server.Run(ctx, server.Config{Name: "sessions", Listen: "127.0.0.1:0", DatabaseURL: env.URL, LogLevel: "error",
-			ShutdownTimeout: 5 * time.Second, MaxConns: 40, Issuer: authtest.Issuer, Audience: auth.DefaultAudience},
+			ShutdownTimeout: shutdownTimeout, MaxConns: 40, Issuer: authtest.Issuer, Audience: auth.DefaultAudience},
 			server.Options{Listener: ln, OnStart: func(server.Started) { close(started) }},
 			func(d server.Deps) ([]server.Module, error) {
 				d.Verifier = h.signer.Verifier(t)
