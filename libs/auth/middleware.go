@@ -21,8 +21,8 @@ const (
 var (
 	errNoCredentials  = errors.New("no Authorization header")
 	errManyHeaders    = errors.New("more than one Authorization header")
-	errNotBearer      = errors.New("Authorization scheme is not Bearer")
-	errMalformedToken = errors.New("Authorization header does not hold one token")
+	errNotBearer      = errors.New("the Authorization scheme is not Bearer")
+	errMalformedToken = errors.New("the Authorization header does not hold one token")
 )
 
 // Middleware authenticates every request by its bearer token: a request without exactly
