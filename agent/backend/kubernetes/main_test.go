@@ -52,9 +52,6 @@ func run(m *testing.M) int {
 		// takes 110 pods.
 		opts := kube.Options{Dir: filepath.Join(dir, "kube"),
 			NodeAllocatable: map[string]string{"cpu": "500", "memory": "2Ti", "pods": "2000"}}
-		if os.Getenv("STREAMSPACE_KUBE_DEFAULT_QPS") == "" {
-			opts.BinDir = tunedBinDir(dir)
-		}
 		cluster, err = kube.Start(ctx, opts)
 		cancel()
 		if err != nil {
@@ -71,53 +68,6 @@ func run(m *testing.M) int {
 		admin.QPS, admin.Burst = 500, 1000
 	}
 	return m.Run()
-}
-
-// tunedBinDir returns a directory of the cached control-plane binaries in which
-// kube-controller-manager and kube-scheduler run with a higher client QPS, or "" (the
-// defaults) when the cache is not where build.sh puts it. With their defaults (20 and 50
-// QPS) a burst of sessions measures their rate limiters, not the agent: each session
-// costs the controller-manager about eight writes. e2e/kube has no option for extra
-// flags, so the binaries are wrapped. STREAMSPACE_KUBE_DEFAULT_QPS=1 measures the
-// defaults.
-func tunedBinDir(tmp string) string {
-	src := os.Getenv("STREAMSPACE_KUBE_BIN")
-	if src == "" {
-		cache := os.Getenv("STREAMSPACE_KUBE_CACHE")
-		if cache == "" {
-			home, _ := os.UserHomeDir()
-			cache = filepath.Join(home, ".cache", "streamspace", "kube", kube.Version)
-		}
-		src = filepath.Join(cache, "bin")
-	}
-	if _, err := os.Stat(filepath.Join(src, "kube-controller-manager")); err != nil {
-		return ""
-	}
-	dst := filepath.Join(tmp, "bin")
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return ""
-	}
-	extra := map[string]string{
-		// kwok renews its node's Lease late under a load of hundreds of pods; the node
-		// lifecycle controller then marks every pod NotReady, and kwok never readies a
-		// Running pod again. A long grace period keeps that artefact out.
-		"kube-controller-manager": "--kube-api-qps=1000 --kube-api-burst=2000 --concurrent-deployment-syncs=20 --concurrent-replicaset-syncs=20 --concurrent-service-endpoint-syncs=20 --node-monitor-grace-period=10m",
-		"kube-scheduler":          "--kube-api-qps=1000 --kube-api-burst=2000",
-	}
-	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml"} {
-		target := filepath.Join(src, name)
-		if flags, ok := extra[name]; ok {
-			script := "#!/bin/sh\nexec " + target + " \"$@\" " + flags + "\n"
-			if err := os.WriteFile(filepath.Join(dst, name), []byte(script), 0o755); err != nil {
-				return ""
-			}
-			continue
-		}
-		if err := os.Symlink(target, filepath.Join(dst, name)); err != nil {
-			return ""
-		}
-	}
-	return dst
 }
 
 // isShort reads -test.short before flag parsing has happened in m.Run.
