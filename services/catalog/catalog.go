@@ -28,6 +28,8 @@ import (
 	"context"
 	"slices"
 	"time"
+
+	"streamspace.dev/libs/spec"
 )
 
 // Name is the service's name in logs, traces and metrics.
@@ -48,81 +50,44 @@ const (
 	ScopeTenant Scope = "tenant"
 )
 
-// StreamKind says how the streaming port is spoken to.
-type StreamKind string
-
-// The stream kinds.
-const (
-	// StreamVNCWeb is a VNC server with its own web client served over HTTP (KasmVNC, noVNC).
-	StreamVNCWeb StreamKind = "vnc-web"
-	// StreamRFB is a raw RFB (VNC) server; the portal's noVNC speaks to it over a WebSocket bridge.
-	StreamRFB StreamKind = "rfb"
-	// StreamHTTP is a plain HTTP application (code-server, Jupyter).
-	StreamHTTP StreamKind = "http"
+// The parts a template is made of are the session spec's (libs/spec): a session's spec is
+// rendered from its template, so the two cannot drift apart.
+type (
+	// StreamKind says how the streaming port is spoken to.
+	StreamKind = spec.StreamKind
+	// Protocol is a port's transport protocol.
+	Protocol = spec.Protocol
+	// Capability is a v1 session capability a template asks for.
+	Capability = spec.Capability
+	// EnvVar is one environment variable of the session container.
+	EnvVar = spec.EnvVar
+	// ResourceList is a cpu and a memory quantity in Kubernetes syntax ("500m", "2Gi"); an
+	// empty string leaves that resource unset.
+	ResourceList = spec.ResourceList
+	// Resources are a session's default requests and limits.
+	Resources = spec.Resources
+	// Home is the persistent home volume kept across sessions (and hibernation).
+	Home = spec.Home
+	// Volume is a scratch volume mounted into the session, emptied when it ends.
+	Volume = spec.Volume
+	// Port is a container port. Exactly one port of a template carries the stream, and
+	// says how in Stream.
+	Port = spec.Port
 )
 
-// Protocol is a port's transport protocol.
-type Protocol string
-
-// The protocols.
+// The stream kinds, protocols and capabilities, as spec defines them.
 const (
-	TCP Protocol = "TCP"
-	UDP Protocol = "UDP"
+	StreamVNCWeb = spec.StreamVNCWeb
+	StreamRFB    = spec.StreamRFB
+	StreamHTTP   = spec.StreamHTTP
+	TCP          = spec.TCP
+	UDP          = spec.UDP
+	CapNetwork   = spec.CapNetwork
+	CapAudio     = spec.CapAudio
+	CapClipboard = spec.CapClipboard
+	CapUSB       = spec.CapUSB
+	CapPrinting  = spec.CapPrinting
 )
-
-// Capability is a v1 session capability a template asks for.
-type Capability string
-
-// The capabilities StreamSpace v1 defined.
-const (
-	CapNetwork   Capability = "Network"
-	CapAudio     Capability = "Audio"
-	CapClipboard Capability = "Clipboard"
-	CapUSB       Capability = "USB"
-	CapPrinting  Capability = "Printing"
-)
-
-// EnvVar is one environment variable of the session container.
-type EnvVar struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
-}
-
-// ResourceList is a cpu and a memory quantity in Kubernetes syntax ("500m", "2Gi"); an
-// empty string leaves that resource unset.
-type ResourceList struct {
-	CPU    string `json:"cpu,omitempty"`
-	Memory string `json:"memory,omitempty"`
-}
-
-// Resources are a session's default requests and limits.
-type Resources struct {
-	Requests ResourceList `json:"requests"`
-	Limits   ResourceList `json:"limits"`
-}
-
-// Home is the persistent home volume kept across sessions (and hibernation).
-type Home struct {
-	MountPath string `json:"mount_path"`
-	// Size is a memory-style quantity ("10Gi").
-	Size string `json:"size"`
-}
-
-// Volume is a scratch volume mounted into the session, emptied when it ends.
-type Volume struct {
-	Name      string `json:"name"`
-	MountPath string `json:"mount_path"`
-}
-
-// Port is a container port. Exactly one port of a template carries the stream, and says
-// how in Stream.
-type Port struct {
-	Name     string   `json:"name"`
-	Port     int      `json:"port"`
-	Protocol Protocol `json:"protocol"`
-	// Stream is empty on ordinary ports and names the stream kind on the streaming port.
-	Stream StreamKind `json:"stream,omitempty"`
-}
 
 // Spec is everything about a template that its editors set.
 type Spec struct {

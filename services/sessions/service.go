@@ -14,6 +14,7 @@ import (
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/spec"
 	"streamspace.dev/services/catalog"
 )
 
@@ -186,7 +187,7 @@ func (s *service) resolve(ctx context.Context, p auth.Principal, in NewSession) 
 			res.Requests.Memory = in.Resources.Memory
 		}
 	}
-	spec, err := json.Marshal(AgentSpec{SessionID: id, Owner: p.Subject, Template: string(t.Name), Image: t.Image, Env: t.Env,
+	rendered, err := json.Marshal(spec.Session{SessionID: string(id), Owner: p.Subject, Template: string(t.Name), Image: t.Image, Env: t.Env,
 		Resources: res, CPUMillis: cpu, MemoryBytes: mem, Home: t.Home, Volumes: t.Volumes, Ports: t.Ports, Capabilities: t.Capabilities})
 	if err != nil {
 		return Record{}, fmt.Errorf("encoding agent spec: %w", err)
@@ -195,7 +196,7 @@ func (s *service) resolve(ctx context.Context, p auth.Principal, in NewSession) 
 	if agentTags == nil {
 		agentTags = []string{}
 	}
-	return Record{Spec: spec, Session: Session{
+	return Record{Spec: rendered, Session: Session{
 		ID: id, Owner: p.Subject, Name: in.Name, Template: string(t.Name), TemplateScope: string(t.Scope),
 		TemplateVersion: t.Version, Tags: tags, CPUMillis: cpu, MemoryBytes: mem, AgentTags: agentTags,
 		Desired: DesiredRunning, Generation: 1, Phase: PhasePending, Reason: ReasonCreated,
@@ -206,14 +207,14 @@ func (s *service) resolve(ctx context.Context, p auth.Principal, in NewSession) 
 // requests returns the session's CPU and memory requests: the template's (or the
 // defaults), replaced by an override that stays within the template's limits or, without
 // limits, the tenant's per-session maximum.
-func requests(spec catalog.Spec, o *ResourceOverride, st Settings) (cpu, mem int64, err error) {
+func requests(tpl catalog.Spec, o *ResourceOverride, st Settings) (cpu, mem int64, err error) {
 	cpu, mem = DefaultCPUMillis, DefaultMemoryBytes
-	if v := spec.Resources.Requests.CPU; v != "" {
+	if v := tpl.Resources.Requests.CPU; v != "" {
 		if cpu, err = catalog.ParseCPU(v); err != nil {
 			return 0, 0, apperr.Wrap(err, apperr.Invalid, "the template's CPU request is invalid")
 		}
 	}
-	if v := spec.Resources.Requests.Memory; v != "" {
+	if v := tpl.Resources.Requests.Memory; v != "" {
 		if mem, err = catalog.ParseMemory(v); err != nil {
 			return 0, 0, apperr.Wrap(err, apperr.Invalid, "the template's memory request is invalid")
 		}
@@ -222,10 +223,10 @@ func requests(spec catalog.Spec, o *ResourceOverride, st Settings) (cpu, mem int
 		return cpu, mem, nil
 	}
 	maxCPU, maxMem := st.MaxSessionCPUMillis, st.MaxSessionMemoryBytes
-	if v, err := catalog.ParseCPU(spec.Resources.Limits.CPU); err == nil {
+	if v, err := catalog.ParseCPU(tpl.Resources.Limits.CPU); err == nil {
 		maxCPU = v
 	}
-	if v, err := catalog.ParseMemory(spec.Resources.Limits.Memory); err == nil {
+	if v, err := catalog.ParseMemory(tpl.Resources.Limits.Memory); err == nil {
 		maxMem = v
 	}
 	var fields []apperr.FieldError

@@ -398,7 +398,7 @@ type Templates interface {
 // Record is a session to insert, fully resolved by the service.
 type Record struct {
 	Session Session
-	// Spec is what the agent receives (AgentSpec, encoded).
+	// Spec is what the agent receives (a spec.Session, encoded).
 	Spec json.RawMessage
 }
 
@@ -469,20 +469,3 @@ const (
 	WorkChannel = "streamspace_session_work"
 )
 
-// AgentSpec is the spec the agent receives in the session's assignment: everything it
-// needs to run the session, resolved from the template and the overrides at creation.
-type AgentSpec struct {
-	SessionID ID               `json:"session_id"`
-	Owner     string           `json:"owner_id"`
-	Template  string           `json:"template"`
-	Image     string           `json:"image"`
-	Env       []catalog.EnvVar `json:"env"`
-	// Resources are the template's, with the requests replaced by any override.
-	Resources    catalog.Resources    `json:"resources"`
-	CPUMillis    int64                `json:"cpu_millis"`
-	MemoryBytes  int64                `json:"memory_bytes"`
-	Home         *catalog.Home        `json:"home,omitempty"`
-	Volumes      []catalog.Volume     `json:"volumes"`
-	Ports        []catalog.Port       `json:"ports"`
-	Capabilities []catalog.Capability `json:"capabilities"`
-}

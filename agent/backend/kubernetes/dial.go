@@ -88,7 +88,7 @@ func (b *Backend) DialSession(ctx context.Context, id wire.SessionID, port strin
 		return nil, unavailable("the session's pod is not Ready")
 	}
 	t := Target{SessionID: id, Namespace: b.ns, Service: o.svc.Name, ClusterIP: o.svc.Spec.ClusterIP,
-		PortName: portName(*p), Port: p.Port, TargetPort: p.Port, Protocol: p.Stream}
+		PortName: portName(*p), Port: p.Port, TargetPort: p.Port, Protocol: string(p.Stream)}
 	t.PodIP = readyAddress(o.slices, pod, t.PortName)
 	conn, err := b.dialTarget(ctx, t)
 	if err != nil {

@@ -217,7 +217,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// specJSON is a session spec as the control plane renders it (sessions.AgentSpec).
+// specJSON is a session spec as the control plane renders it (spec.Session, libs/spec).
 func specJSON(t testing.TB, owner, template, image string) json.RawMessage {
 	t.Helper()
 	b, err := json.Marshal(map[string]any{

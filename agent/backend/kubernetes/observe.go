@@ -201,7 +201,7 @@ func (b *Backend) derive(o objects, applyErr error) (wire.SessionStatus, *Target
 		return set(wire.PhaseStarting, ReasonServiceMissing, "")
 	}
 	t := Target{SessionID: id, Namespace: b.ns, Service: o.svc.Name, ClusterIP: o.svc.Spec.ClusterIP,
-		PortName: portName(spec.stream), Port: spec.stream.Port, TargetPort: spec.stream.Port, Protocol: cmp.Or(spec.stream.Stream, "vnc")}
+		PortName: portName(spec.stream), Port: spec.stream.Port, TargetPort: spec.stream.Port, Protocol: string(cmp.Or(spec.stream.Stream, "vnc"))}
 	for _, p := range o.svc.Spec.Ports {
 		if p.Name == t.PortName {
 			t.Port = int(p.Port)

@@ -8,62 +8,16 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"streamspace.dev/libs/spec"
 )
 
-// Spec is the part of the session spec (sessions.AgentSpec on the control plane) that
-// this backend reads. It is decoded from the assignment's opaque Spec; unknown fields
-// are ignored so that the control plane can add fields before agents use them. The
-// agent module cannot import the sessions service, hence the copy.
-type Spec struct {
-	Image       string    `json:"image"`
-	Env         []EnvVar  `json:"env"`
-	Resources   Resources `json:"resources"`
-	CPUMillis   int64     `json:"cpu_millis"`
-	MemoryBytes int64     `json:"memory_bytes"`
-	Home        *Home     `json:"home,omitempty"`
-	Volumes     []Volume  `json:"volumes"`
-	Ports       []Port    `json:"ports"`
-	Owner       string    `json:"owner_id"`
-	Template    string    `json:"template"`
-}
+// Spec is the session spec as the control plane renders it; unknown fields are ignored so
+// that the control plane can add fields before agents use them.
+type Spec = spec.Session
 
-// EnvVar is one environment variable of the session container.
-type EnvVar struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
-}
-
-// ResourceList holds Kubernetes quantities ("500m", "2Gi"); empty leaves one unset.
-type ResourceList struct {
-	CPU    string `json:"cpu,omitempty"`
-	Memory string `json:"memory,omitempty"`
-}
-
-// Resources are requests and limits.
-type Resources struct {
-	Requests ResourceList `json:"requests"`
-	Limits   ResourceList `json:"limits"`
-}
-
-// Home is the persistent home volume.
-type Home struct {
-	MountPath string `json:"mount_path"`
-	Size      string `json:"size"`
-}
-
-// Volume is a scratch volume, emptied when the pod goes.
-type Volume struct {
-	Name      string `json:"name"`
-	MountPath string `json:"mount_path"`
-}
-
-// Port is a container port; the one with Stream set carries the stream.
-type Port struct {
-	Name     string `json:"name"`
-	Port     int    `json:"port"`
-	Protocol string `json:"protocol"`
-	Stream   string `json:"stream,omitempty"`
-}
+// Port is a container port of the session.
+type Port = spec.Port
 
 // resolved is a Spec checked and turned into Kubernetes values.
 type resolved struct {
