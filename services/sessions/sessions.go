@@ -468,4 +468,3 @@ const (
 	// "<tenant id>".
 	WorkChannel = "streamspace_session_work"
 )
-
