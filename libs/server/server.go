@@ -209,6 +209,10 @@ func Run(ctx context.Context, cfg Config, opts Options, build func(Deps) ([]Modu
 		}
 	}
 
+	if opts.Listener != nil {
+		// Modules see where the process really listens (a replica advertises it).
+		cfg.Listen = opts.Listener.Addr().String()
+	}
 	reg := telemetry.NewRegistry()
 	ready := &run.Readiness{}
 	ready.AddCheck("postgres", func(ctx context.Context) error { return db.Pool().Ping(ctx) })

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -85,6 +86,12 @@ type Config struct {
 	SessionsURL string
 	// ConnectConcurrency bounds the connections registering at once; the rest queue.
 	ConnectConcurrency int
+	// AdvertiseURL is this replica's HTTP API as the other gateway replicas reach it
+	// (http://10.1.2.3:8080): written beside the owner rows of the tunnels it holds, so
+	// that a stream for one of its agents that lands on another replica is forwarded
+	// here. Empty: New derives it from the server's --listen when that is a loopback
+	// address (one host, tests), else this replica's agents stream only through it.
+	AdvertiseURL string
 
 	// serverNames holds the raw --agent-server-names until withDefaults splits it.
 	serverNames *string
@@ -113,6 +120,8 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Int(fs, &c.ConnectConcurrency, "agent-connect-concurrency", "STREAMSPACE_AGENT_CONNECT_CONCURRENCY", DefaultConnectConcurrency, "connections that may register at once (a database transaction each); the rest queue")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
+	config.String(fs, &c.AdvertiseURL, "advertise-url", "STREAMSPACE_GATEWAY_ADVERTISE_URL", "",
+		"this replica's HTTP API as other gateway replicas reach it (http://10.1.2.3:8080), to forward session streams of agents it holds (default: http://<--listen> when that is a loopback address, else none: those streams are refused on other replicas)")
 	config.Duration(fs, &c.TrafficFlush, "traffic-flush", "STREAMSPACE_TRAFFIC_FLUSH", DefaultTrafficFlush, "how often session traffic (bytes, last activity) is written to the database")
 	c.serverNames = &names
 }
@@ -185,8 +194,28 @@ func (c Config) Validate() error {
 	if c.HeartbeatFlush >= c.DegradedAfter-c.HeartbeatInterval {
 		errs = append(errs, errors.New("--agent-heartbeat-flush must be below --agent-degraded-after minus --agent-heartbeat"))
 	}
+	if c.AdvertiseURL != "" {
+		if u, err := url.Parse(c.AdvertiseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "" {
+			errs = append(errs, fmt.Errorf("--advertise-url %q: want http(s)://host:port, without a path", c.AdvertiseURL))
+		}
+	}
 	if c.KeepAlive >= c.IdleTimeout || c.KeepAlive > 25*time.Second {
 		errs = append(errs, errors.New("--agent-keepalive must be below the idle timeout and 25s"))
 	}
 	return errors.Join(errs...)
+}
+
+// loopbackURL is the advertise URL derived from the HTTP listen address: http://listen
+// when its host is a loopback address or localhost and its port is fixed, "" otherwise
+// (a replica cannot tell by itself under which address others reach 0.0.0.0).
+func loopbackURL(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "" || port == "0" {
+		return ""
+	}
+	if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+		return ""
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }

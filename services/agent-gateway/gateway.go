@@ -41,7 +41,9 @@
 // upgrade, as problem+json. The bytes are counted per session in memory and recorded in
 // the tenant's session_traffic table in batches (traffic.go), which the sessions
 // service's idle timer reads as activity. A stream for an agent whose tunnel another
-// replica holds is refused as retryable (forwarding to the owner is not built yet).
+// live replica holds is forwarded to that replica's advertised URL with the caller's own
+// credentials, once; the owner authorizes it again, counts its bytes and pipes it
+// (forward.go).
 package gateway
 
 import (
@@ -268,6 +270,20 @@ type Hello struct {
 type Owner struct {
 	Gateway string
 	Conn    string
+	// URL is where the owning replica's HTTP API is reached by the others (its
+	// --advertise-url); empty when it advertises none. Claims write it, nothing fences on it.
+	URL string
+}
+
+// Ownership is an agent's owner row as another replica sees it: who holds the tunnel,
+// where to forward its streams, and how long ago the owner last stamped the row.
+type Ownership struct {
+	// Gateway is the owning replica; empty when no replica holds the tunnel.
+	Gateway string
+	// URL is the owner's advertised HTTP API; empty when it advertises none.
+	URL string
+	// Age is the time since the owner's last heartbeat, measured by the database's clock.
+	Age time.Duration
 }
 
 // Beat is the latest heartbeat of one agent's connection, as a batch records it.
@@ -303,6 +319,9 @@ type Store interface {
 	// Claim makes o the agent's owner and announces it on the agent's channel (platform).
 	// NotFound: the agent was deleted.
 	Claim(ctx context.Context, id AgentID, o Owner) error
+	// Ownership returns the owner row of an agent of the context's tenant (platform, one
+	// statement). NotFound: no such agent in the tenant.
+	Ownership(ctx context.Context, id AgentID) (Ownership, error)
 	// RenewOwnership stamps the owner heartbeat of every listed agent still owned by its
 	// connection and returns the agents that are not (superseded or deleted) (platform).
 	RenewOwnership(ctx context.Context, gateway string, owned map[AgentID]string) (lost []AgentID, err error)

@@ -30,6 +30,9 @@ func New(d server.Deps, cfg Config, store Store, enroller Enroller, sessions Ses
 	if d.Verifier == nil {
 		return nil, errors.New("agent-gateway: no token verifier (set --jwks-url)")
 	}
+	if cfg.AdvertiseURL == "" {
+		cfg.AdvertiseURL = loopbackURL(d.Config.Listen)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	gw, err := StartGateway(ctx, cfg, GatewayOptions{Store: store, Enroller: enroller,
@@ -41,7 +44,7 @@ func New(d server.Deps, cfg Config, store Store, enroller Enroller, sessions Ses
 	eps := MakeEndpoints(svc, Logging(d.Logger), Metrics(d.Registry))
 	sm := newStreamMetrics(d.Registry)
 	st := &streams{gw: gw, sessions: sessions, verifier: d.Verifier, log: gw.log, m: sm,
-		meter: newMeter(store, gw.log, sm.bytes)}
+		meter: newMeter(store, gw.log, sm.bytes), proxy: newForwarder(gw.id, gw.log, sm)}
 	mctx, stop := context.WithCancel(context.Background())
 	m := &Module{gw: gw, svc: svc, routes: Routes(eps, d.Verifier, d.Logger), streams: st, stopMeter: stop, meterDone: make(chan struct{})}
 	go func() {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,7 +59,7 @@ const (
 	// on its writer instead of growing memory.
 	streamBuffer = 32 << 10
 	// notHereRetry is the Retry-After of a stream that cannot be served by this replica
-	// now (the agent is offline, or its tunnel is held elsewhere).
+	// now (the agent is offline, or the replica holding its tunnel cannot be reached).
 	notHereRetry = 2 * time.Second
 )
 
@@ -103,6 +105,8 @@ type streams struct {
 	verifier *auth.Verifier
 	log      *slog.Logger
 	m        streamMetrics
+	// proxy forwards streams to the replica holding the agent's tunnel (forward.go).
+	proxy *httputil.ReverseProxy
 }
 
 // streamMetrics are the stream endpoint's series: totals only, never per session, so
@@ -111,15 +115,19 @@ type streamMetrics struct {
 	streams *prometheus.CounterVec
 	open    prometheus.Gauge
 	opened  prometheus.Counter
-	bytes   *prometheus.CounterVec
+	// forwarding counts the streams this replica passes to the owner replica right now.
+	forwarding prometheus.Gauge
+	bytes      *prometheus.CounterVec
 }
 
 func newStreamMetrics(reg prometheus.Registerer) streamMetrics {
 	return streamMetrics{
 		streams: reuse(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agent_gateway_session_streams_total",
-			Help: "Session stream requests, by result: ok, upgrade_failed, or the error code that refused them."}, []string{"result"})),
+			Help: "Session stream requests, by result: ok, upgrade_failed, forwarded (to the replica holding the tunnel, which answered), forward_failed, or the error code that refused them."}, []string{"result"})),
 		open: reuse(reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: "agent_gateway_session_streams",
 			Help: "Session streams open on this replica."})),
+		forwarding: reuse(reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: "agent_gateway_session_streams_forwarding",
+			Help: "Session streams this replica passes to the replica holding the agent's tunnel."})),
 		opened: reuse(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_session_streams_opened_total",
 			Help: "Session streams opened on agents' tunnels, whatever the agent answered."})),
 		bytes: reuse(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agent_gateway_session_stream_bytes_total",
@@ -155,7 +163,11 @@ func bearerSubprotocol(h http.Header) string {
 func (s *streams) serve(w http.ResponseWriter, r *http.Request) {
 	ctx := withToken(r.Context(), r.Header.Get("Authorization"))
 	id := SessionID(r.PathValue("session"))
-	st, c, err := s.open(ctx, id, r.URL.Query().Get("port"))
+	st, c, owner, err := s.open(ctx, id, r.URL.Query().Get("port"), r.Header.Get(HopHeader) != "")
+	if err == nil && owner != nil {
+		s.forward(w, r, owner)
+		return
+	}
 	if err != nil {
 		s.m.streams.WithLabelValues(string(apperr.CodeOf(err))).Inc()
 		if apperr.CodeOf(err) == apperr.Internal {
@@ -189,28 +201,30 @@ func (s *streams) serve(w http.ResponseWriter, r *http.Request) {
 
 // open checks everything a stream needs and opens it on the agent's tunnel, waiting for
 // the agent to reach the session. port, if not empty, names the session's port to reach
-// (a name or a number); the default is the session's stream endpoint.
-func (s *streams) open(ctx context.Context, id SessionID, port string) (*quic.Stream, *agentConn, error) {
+// (a name or a number); the default is the session's stream endpoint. When another live
+// replica holds the agent's tunnel, open returns no stream but that replica's URL, unless
+// the request was forwarded already (hopped): a forward is never forwarded again.
+func (s *streams) open(ctx context.Context, id SessionID, port string, hopped bool) (*quic.Stream, *agentConn, *url.URL, error) {
 	p, err := auth.RequireScope(ctx, auth.ScopeSessionsWrite)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if p.Tenant == "" {
 		// An operator has no tenant, so no session is theirs to see.
-		return nil, nil, apperr.New(apperr.NotFound, "session not found")
+		return nil, nil, nil, apperr.New(apperr.NotFound, "session not found")
 	}
 	if s.sessions == nil {
-		return nil, nil, apperr.New(apperr.Unavailable, "this gateway is not connected to the sessions service")
+		return nil, nil, nil, apperr.New(apperr.Unavailable, "this gateway is not connected to the sessions service")
 	}
 	t, err := s.sessions.StreamTarget(ctx, id)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	switch {
 	case t.Agent == "":
-		return nil, nil, apperr.New(apperr.Conflict, "the session is %s and not placed on an agent", t.Phase)
+		return nil, nil, nil, apperr.New(apperr.Conflict, "the session is %s and not placed on an agent", t.Phase)
 	case !t.Running():
-		return nil, nil, apperr.New(apperr.Conflict, "the session is %s, not Running", t.Phase)
+		return nil, nil, nil, apperr.New(apperr.Conflict, "the session is %s, not Running", t.Phase)
 	}
 	hdr := &wire.SessionStreamHeader{SessionID: id, Port: t.Port}
 	if port != "" {
@@ -220,34 +234,61 @@ func (s *streams) open(ctx context.Context, id SessionID, port string) (*quic.St
 			hdr.PortName, hdr.Port = port, 0
 		}
 		if hdr.Port < 0 || hdr.Port > 65535 || len(port) > 63 {
-			return nil, nil, apperr.Validation("invalid port", apperr.Field("port", "a port name or a number from 1 to 65535"))
+			return nil, nil, nil, apperr.Validation("invalid port", apperr.Field("port", "a port name or a number from 1 to 65535"))
 		}
 	}
 	if hdr.Port == 0 && hdr.PortName == "" {
-		return nil, nil, apperr.New(apperr.Conflict, "the session has no stream endpoint yet")
+		return nil, nil, nil, apperr.New(apperr.Conflict, "the session has no stream endpoint yet")
 	}
 	c := s.gw.hub.get(t.Agent)
 	if c == nil || c.id.Tenant != p.Tenant {
-		return nil, nil, s.notHere(ctx, t.Agent)
+		owner, err := s.owner(ctx, t.Agent, hopped)
+		return nil, nil, owner, err
 	}
 	s.m.opened.Inc()
 	st, err := c.openSessionStream(ctx, hdr)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return st, c, nil
+	return st, c, nil, nil
 }
 
-// notHere explains why this replica holds no tunnel of the session's agent. Forwarding
-// to the replica that does is not built yet, so both cases are a retryable unavailable;
-// an edge with session affinity to the owner replica avoids the second.
-func (s *streams) notHere(ctx context.Context, id AgentID) error {
-	a, err := s.gw.store.Agent(ctx, id)
-	if err == nil && a.Gateway != "" && a.Gateway != s.gw.id && a.State != StateOffline {
-		return &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry,
-			Message: "the session's agent is connected to another gateway replica; retry, or connect through that replica"}
+// owner returns where to forward a stream for agent id, whose tunnel this replica does
+// not hold: the advertised URL of the replica that does, if its owner row is fresh. Every
+// other case is a retryable unavailable, as is a request that was forwarded here already.
+func (s *streams) owner(ctx context.Context, id AgentID, hopped bool) (*url.URL, error) {
+	notConnected := &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry, Message: "the session's agent is not connected"}
+	if hopped {
+		// The replica that forwarded this request saw this one as the owner; the tunnel
+		// has moved or closed since. Its client retries from the start.
+		notConnected.Message = "the session's agent is no longer connected to the gateway replica it was forwarded to"
+		return nil, notConnected
 	}
-	return &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry, Message: "the session's agent is not connected"}
+	o, err := s.gw.store.Ownership(ctx, id)
+	switch {
+	case err != nil:
+		if !apperr.IsCode(err, apperr.NotFound) {
+			s.log.WarnContext(ctx, "reading the owner row of a session's agent", "agent_id", id, "err", err)
+		}
+		notConnected.Cause = err
+		return nil, notConnected
+	case o.Gateway == "" || o.Gateway == s.gw.id:
+		// No owner, or this replica's own row, left behind by a tunnel that just closed.
+		return nil, notConnected
+	case o.Age > s.gw.ownerStaleAfter():
+		// The owner stopped stamping its row: it is dead or cut off from the database,
+		// and its tunnels with it.
+		return nil, notConnected
+	case o.URL == "":
+		return nil, &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry,
+			Message: "the session's agent is connected to another gateway replica, which advertises no address to forward to; retry, or connect through that replica"}
+	}
+	u, err := url.Parse(o.URL)
+	if err != nil {
+		return nil, &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry, Cause: err,
+			Message: "the session's agent is connected to another gateway replica, which advertises no valid address"}
+	}
+	return u, nil
 }
 
 // openSessionStream opens a session stream on the tunnel, sends hdr and waits for the

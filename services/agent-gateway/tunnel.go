@@ -161,7 +161,7 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 			g.log.Error("enrollment listener failed", "err", err)
 		}
 	})
-	g.log.Info("agent gateway listening", "quic", g.ql.Addr().String(), "https", g.tcp.Addr().String())
+	g.log.Info("agent gateway listening", "quic", g.ql.Addr().String(), "https", g.tcp.Addr().String(), "advertise_url", cfg.AdvertiseURL)
 	return g, nil
 }
 
@@ -637,7 +637,7 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	}
 	c := &agentConn{g: g, qc: qc, id: id, connID: randomToken(12),
 		wake: make(chan struct{}, 1), done: make(chan struct{}), inflight: map[SessionID]*flight{}}
-	c.owner = Owner{Gateway: g.id, Conn: c.connID}
+	c.owner = Owner{Gateway: g.id, Conn: c.connID, URL: g.cfg.AdvertiseURL}
 	c.log = g.log.With("tenant_id", id.Tenant, "agent_id", id.Agent, "conn", c.connID, "remote", qc.RemoteAddr().String())
 	defer close(c.done)
 	ctx := qc.Context()

@@ -48,11 +48,17 @@ func startPlane(t testing.TB) *plane {
 // startPlaneWith is startPlane with the services' settings changed by set, if not nil.
 func startPlaneWith(t testing.TB, set func(*streamspace.Settings)) *plane {
 	t.Helper()
+	return startPlaneOn(t, tenantstest.New(t), set)
+}
+
+// startPlaneOn is startPlaneWith on an existing database: a second plane on the database
+// of the first is another replica of every service.
+func startPlaneOn(t testing.TB, env *tenantstest.Env, set func(*streamspace.Settings)) *plane {
+	t.Helper()
 	settings := streamspace.Settings{Identity: identity.Config{KEK: testKEK}}
 	if set != nil {
 		set(&settings)
 	}
-	env := tenantstest.New(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

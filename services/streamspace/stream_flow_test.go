@@ -85,17 +85,24 @@ func (w *streamWorld) waitPhase(t testing.TB, token string, id sessions.ID, want
 	}
 }
 
-// streamURL is the WebSocket address of a session's stream.
-func (w *streamWorld) streamURL(id sessions.ID, query string) string {
-	u := "ws" + strings.TrimPrefix(w.Base, "http") + strings.Replace(gateway.StreamPath, "{session}", string(id), 1)
+// streamURL is the WebSocket address of a session's stream on this plane.
+func (p *plane) streamURL(id sessions.ID, query string) string {
+	u := "ws" + strings.TrimPrefix(p.Base, "http") + strings.Replace(gateway.StreamPath, "{session}", string(id), 1)
 	if query != "" {
 		u += "?" + query
 	}
 	return u
 }
 
-// dial opens a stream the way a browser does: the token rides as a subprotocol.
-func (w *streamWorld) dial(t testing.TB, id sessions.ID, token, query string) (*websocket.Conn, error) {
+// dial opens a stream on this plane the way a browser does: the token rides as a
+// subprotocol.
+func (p *plane) dial(t testing.TB, id sessions.ID, token, query string) (*websocket.Conn, error) {
+	t.Helper()
+	return p.dialWith(t, id, token, query, nil)
+}
+
+// dialWith is dial with more request headers.
+func (p *plane) dialWith(t testing.TB, id sessions.ID, token, query string, header http.Header) (*websocket.Conn, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -103,7 +110,7 @@ func (w *streamWorld) dial(t testing.TB, id sessions.ID, token, query string) (*
 	if token != "" {
 		protos = append(protos, gateway.BearerSubprotocolPrefix+token)
 	}
-	c, resp, err := websocket.Dial(ctx, w.streamURL(id, query), &websocket.DialOptions{Subprotocols: protos})
+	c, resp, err := websocket.Dial(ctx, p.streamURL(id, query), &websocket.DialOptions{Subprotocols: protos, HTTPHeader: header})
 	if err != nil {
 		return nil, refusal(resp, err)
 	}
@@ -146,17 +153,67 @@ func roundTrip(nc net.Conn, msg []byte) error {
 	return nil
 }
 
-// streamsOpened reads the gateway's count of streams it opened to agents.
-func (w *streamWorld) streamsOpened(t *testing.T) string {
+// echoAtOnce sends n random bytes and reads their echo meanwhile: the echo of a large
+// message must not wait for all of it.
+func echoAtOnce(t testing.TB, nc net.Conn, n int) {
 	t.Helper()
-	resp, err := http.Get(w.Base + "/metrics")
+	msg := make([]byte, n)
+	_, _ = rand.Read(msg)
+	done := make(chan error, 1)
+	go func() { _, err := nc.Write(msg); done <- err }()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(nc, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo of %d bytes: equal=%v, %v", n, bytes.Equal(got, msg), err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitTraffic flushes the traffic meters of every plane given until the session's
+// recorded traffic is exactly in and out bytes, and fails if it ever exceeds them.
+func (w *streamWorld) waitTraffic(t testing.TB, id sessions.ID, in, out int64, planes ...*plane) {
+	t.Helper()
+	ctx := context.Background()
+	// The gateway counts a write once it returned, which may be just after the client
+	// read it: flush until the count is complete.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		for _, p := range planes {
+			if err := p.Gateway.FlushTraffic(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var gotIn, gotOut int64
+		err := w.Env.Pool.QueryRow(ctx, `SELECT bytes_in, bytes_out FROM `+w.tenant.Tenant.ID.Schema()+`.session_traffic WHERE session_id = $1`,
+			string(id)).Scan(&gotIn, &gotOut)
+		if err == nil && gotIn == in && gotOut == out {
+			return
+		}
+		if time.Now().After(deadline) || gotIn > in || gotOut > out {
+			t.Fatalf("recorded traffic in=%d out=%d (%v), want %d and %d", gotIn, gotOut, err, in, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// streamsOpened reads the gateway's count of streams it opened to agents.
+func (p *plane) streamsOpened(t *testing.T) string {
+	t.Helper()
+	return p.metric(t, "agent_gateway_session_streams_opened_total")
+}
+
+// metric reads one series of the plane's /metrics (name with its labels, as printed),
+// "0" when it is absent.
+func (p *plane) metric(t *testing.T, series string) string {
+	t.Helper()
+	resp, err := http.Get(p.Base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for line := range strings.SplitSeq(string(b), "\n") {
-		if strings.HasPrefix(line, "agent_gateway_session_streams_opened_total ") {
+		if strings.HasPrefix(line, series+" ") {
 			return strings.Fields(line)[1]
 		}
 	}
@@ -176,18 +233,7 @@ func TestStreamCarriesSessionBytes(t *testing.T) {
 	}
 	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
 	greeted(t, nc)
-	msg := make([]byte, 1<<20)
-	_, _ = rand.Read(msg)
-	// Written and read at once: the echo of a 1 MiB message must not wait for all of it.
-	done := make(chan error, 1)
-	go func() { _, err := nc.Write(msg); done <- err }()
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(nc, got); err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("echo of 1 MiB: equal=%v, %v", bytes.Equal(got, msg), err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	echoAtOnce(t, nc, 1<<20)
 	if err := ws.Close(websocket.StatusNormalClosure, ""); err != nil {
 		t.Fatalf("closing: %v", err)
 	}
@@ -419,24 +465,7 @@ func TestTrafficKeepsASessionAwake(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	// The gateway counts a write once it returned, which may be just after the client
-	// read it: flush until the count is complete.
-	wantIn, wantOut := int64(len("keep me awake")), int64(len(memory.Greeting)+len("keep me awake"))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if err := w.Gateway.FlushTraffic(ctx); err != nil {
-			t.Fatal(err)
-		}
-		var in, out int64
-		err := w.Env.Pool.QueryRow(ctx, `SELECT bytes_in, bytes_out FROM `+schema+`.session_traffic WHERE session_id = $1`,
-			string(busy.ID)).Scan(&in, &out)
-		if err == nil && in == wantIn && out == wantOut {
-			break
-		}
-		if time.Now().After(deadline) || in > wantIn || out > wantOut {
-			t.Fatalf("recorded traffic in=%d out=%d (%v), want %d and %d", in, out, err, wantIn, wantOut)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	w.waitTraffic(t, busy.ID, int64(len("keep me awake")), int64(len(memory.Greeting)+len("keep me awake")), w.plane)
 	if err := w.Sessions.Controller().Tick(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -223,8 +223,8 @@ func (s *Store) DirectoryTenant(ctx context.Context, id gateway.AgentID) (tenant
 func (s *Store) Claim(ctx context.Context, id gateway.AgentID, o gateway.Owner) error {
 	return pgx.BeginFunc(ctx, s.db.Pool(), func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE platform.agent_directory
-			SET owner_gateway = $2, owner_conn = $3, owner_since = now(), owner_heartbeat = now()
-			WHERE agent_id = $1`, string(id), o.Gateway, o.Conn)
+			SET owner_gateway = $2, owner_conn = $3, owner_url = $4, owner_since = now(), owner_heartbeat = now()
+			WHERE agent_id = $1`, string(id), o.Gateway, o.Conn, nullable(o.URL))
 		if err != nil {
 			return err
 		}
@@ -234,6 +234,41 @@ func (s *Store) Claim(ctx context.Context, id gateway.AgentID, o gateway.Owner) 
 		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, gateway.AgentChannel(id), gateway.NotifyOwner+o.Conn)
 		return err
 	})
+}
+
+// Ownership implements gateway.Store. The age is the database's own now() minus the
+// stamp, so replicas' clocks never enter it.
+func (s *Store) Ownership(ctx context.Context, id gateway.AgentID) (gateway.Ownership, error) {
+	tid, ok := tenant.FromContext(ctx)
+	if !ok {
+		return gateway.Ownership{}, apperr.New(apperr.NotFound, "no such agent")
+	}
+	var gw, u *string
+	var age *float64
+	err := s.db.Pool().QueryRow(ctx, `SELECT owner_gateway, owner_url, extract(epoch FROM now() - owner_heartbeat)::float8
+		FROM platform.agent_directory WHERE agent_id = $1 AND tenant_id = $2`, string(id), string(tid)).Scan(&gw, &u, &age)
+	if err != nil {
+		return gateway.Ownership{}, notFound(err, "agent")
+	}
+	var o gateway.Ownership
+	if gw != nil {
+		o.Gateway = *gw
+	}
+	if u != nil {
+		o.URL = *u
+	}
+	if age != nil {
+		o.Age = time.Duration(*age * float64(time.Second))
+	}
+	return o, nil
+}
+
+// nullable is s, or NULL when it is empty.
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // RenewOwnership implements gateway.Store.
@@ -290,7 +325,7 @@ func (s *Store) Release(ctx context.Context, id gateway.AgentID, o gateway.Owner
 		if tag.RowsAffected() == 0 {
 			return gateway.ErrNotOwner
 		}
-		if _, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL
+		if _, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL, owner_url = NULL
 			WHERE agent_id = $1 AND owner_conn = $2`, string(id), o.Conn); err != nil {
 			return err
 		}
@@ -346,8 +381,8 @@ func (s *Store) Connect(ctx context.Context, id gateway.AgentID, o gateway.Owner
 			WHERE id = $1`, string(id), h.Version, tags, string(facts),
 			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions, o.Gateway)
 		b.Queue(`UPDATE platform.agent_directory
-			SET owner_gateway = $2, owner_conn = $3, owner_since = now(), owner_heartbeat = now()
-			WHERE agent_id = $1 AND tenant_id = $4`, string(id), o.Gateway, o.Conn, string(currentTenant(ctx)))
+			SET owner_gateway = $2, owner_conn = $3, owner_url = $5, owner_since = now(), owner_heartbeat = now()
+			WHERE agent_id = $1 AND tenant_id = $4`, string(id), o.Gateway, o.Conn, string(currentTenant(ctx)), nullable(o.URL))
 		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentChannel(id), gateway.NotifyOwner+o.Conn)
 		// Placement reads what an agent can host and whether it is online: announce it.
 		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentsChannel, string(currentTenant(ctx)))

@@ -121,6 +121,55 @@ func TestOwnership(t *testing.T) {
 	}
 }
 
+// Ownership shows the owner row to the agent's own tenant only: the replica and URL the
+// latest claim wrote, aged by the database's clock, and nothing once it is released.
+func TestOwnershipRow(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	a, _ := env.Tenant(t, "alpha")
+	b, _ := env.Tenant(t, "bravo")
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	ctx := ctxOf(a.ID)
+	id := gateway.NewAgentID()
+	if err := s.CreateAgent(ctx, gateway.Agent{ID: id, Name: "edge"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := s.Ownership(ctx, id); err != nil || o != (gateway.Ownership{}) {
+		t.Fatalf("never claimed: %+v %v", o, err)
+	}
+	if err := s.Claim(context.Background(), id, gateway.Owner{Gateway: "gw-0", Conn: "c0", URL: "http://10.0.0.1:8080"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Claim(context.Background(), id, gateway.Owner{Gateway: "gw-1", Conn: "c1", URL: "http://10.0.0.2:8080"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Pool.Exec(context.Background(), `UPDATE platform.agent_directory SET owner_heartbeat = now() - interval '90 seconds' WHERE agent_id = $1`, string(id)); err != nil {
+		t.Fatal(err)
+	}
+	o, err := s.Ownership(ctx, id)
+	if err != nil || o.Gateway != "gw-1" || o.URL != "http://10.0.0.2:8080" || o.Age < 90*time.Second || o.Age > time.Hour {
+		t.Fatalf("after two claims and 90 s without a stamp: %+v %v", o, err)
+	}
+	for name, c := range map[string]context.Context{"another tenant": ctxOf(b.ID), "no tenant": context.Background()} {
+		if o, err := s.Ownership(c, id); !apperr.IsCode(err, apperr.NotFound) {
+			t.Errorf("%s: %+v %v, want not_found", name, o, err)
+		}
+	}
+	// A claim without a URL clears the previous owner's.
+	if err := s.Claim(context.Background(), id, gateway.Owner{Gateway: "gw-2", Conn: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := s.Ownership(ctx, id); err != nil || o.Gateway != "gw-2" || o.URL != "" || o.Age > time.Minute {
+		t.Fatalf("claimed without a URL: %+v %v", o, err)
+	}
+	if err := s.Release(ctx, id, gateway.Owner{Gateway: "gw-2", Conn: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := s.Ownership(ctx, id); err != nil || o.Gateway != "" || o.URL != "" {
+		t.Fatalf("released: %+v %v", o, err)
+	}
+}
+
 // PendingAgents names exactly the listed agents of the context's tenant with
 // unacknowledged work: not acknowledged ones, not unlisted ones, not another tenant's.
 func TestPendingAgents(t *testing.T) {
