@@ -1,0 +1,4 @@
+package postgres
+
+// ListSQL is listSQL, for TestListPlan.
+const ListSQL = listSQL
