@@ -104,12 +104,25 @@ func (s *Store) lead(tid tenant.ID) {
 	}
 }
 
-func (s *Store) commitGroup(batch []*groupCreate) {
+func (s *Store) commitGroup(all []*groupCreate) {
 	defer func() {
-		for _, c := range batch {
+		for _, c := range all {
 			close(c.done)
 		}
 	}()
+	// Callers that went while queued are dropped here already; groupTx drops those that
+	// go while it waits for the usage rows.
+	var batch []*groupCreate
+	for _, c := range all {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err
+			continue
+		}
+		batch = append(batch, c)
+	}
+	if len(batch) == 0 {
+		return
+	}
 	if len(batch) == 1 {
 		c := batch[0]
 		c.out, _, c.err = s.createAlone(c.ctx, c.rec, nil, c.actor)

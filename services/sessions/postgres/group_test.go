@@ -117,9 +117,9 @@ func TestGroupedCreatesHoldQuotas(t *testing.T) {
 // caller gets its context's error, its session does not exist, and the quota counts only
 // the sessions that do. The test makes the group wait, deterministically, on the tenant's
 // usage row, which another transaction holds: the first create leads alone and waits
-// there, three more queue behind it, the leader's caller gives up (its transaction rolls
-// back), the three then wait there as one group, and one of them gives up too before the
-// row is released.
+// there, four more queue behind it, one of which gives up while queued, the leader's
+// caller gives up (its transaction rolls back), the others then wait there as one group,
+// and one of them gives up too before the row is released.
 func TestGroupedCreateOfGoneCallerIsDropped(t *testing.T) {
 	t.Parallel()
 	env := tenantstest.New(t)
@@ -183,8 +183,13 @@ func TestGroupedCreateOfGoneCallerIsDropped(t *testing.T) {
 	}
 	leader := start()
 	waitFor("the leader waits for the usage row", waitsForLock("u.sessions + 1")) // charge's upsert
-	queued := []*create{start(), start(), start()}
-	waitFor("three creates queue", func() bool { return postgres.QueuedCreates(store, tn.ID) == 3 })
+	queued := []*create{start(), start(), start(), start()}
+	waitFor("four creates queue", func() bool { return postgres.QueuedCreates(store, tn.ID) == 4 })
+	early := queued[3]
+	early.cancel()
+	if r := <-early.done; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("a queued caller gave up before its group began, and got %+v %v", r.s, r.err)
+	}
 	leader.cancel()
 	if r := <-leader.done; !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("the leader's caller gave up, and got %+v %v", r.s, r.err)
@@ -209,7 +214,7 @@ func TestGroupedCreateOfGoneCallerIsDropped(t *testing.T) {
 			(SELECT count(*) FROM `+schema+`.sessions WHERE id = ANY ($1)),
 			(SELECT sessions FROM `+schema+`.session_usage WHERE subject = ''),
 			(SELECT sessions FROM `+schema+`.session_usage WHERE subject = 'bob')`,
-		[]string{string(leader.rec.Session.ID), string(gone.rec.Session.ID)}).Scan(&rows, &gones, &used, &bobs); err != nil {
+		[]string{string(leader.rec.Session.ID), string(gone.rec.Session.ID), string(early.rec.Session.ID)}).Scan(&rows, &gones, &used, &bobs); err != nil {
 		t.Fatal(err)
 	}
 	if rows != 3 || gones != 0 || used != 3 || bobs != 2 {
