@@ -19,13 +19,18 @@ import (
 	"streamspace.dev/services/agent-gateway/postgres"
 )
 
-func TestAdminAPI(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, 1)
+// adminAPI serves a gateway module's admin API over h's database, with tokens from signer.
+type adminAPI struct {
+	t      *testing.T
+	srv    *httptest.Server
+	signer *authtest.Signer
+}
+
+func newAdminAPI(t *testing.T, h *harness) *adminAPI {
+	t.Helper()
 	signer := authtest.NewSigner(t)
 	deps := server.Deps{DB: h.env.DB, Logger: testLogger(), Registry: prometheus.NewRegistry(), Verifier: signer.Verifier(t)}
-	cfg := fastConfig()
-	m, err := gateway.New(deps, cfg, postgres.New(h.env.DB, postgres.Thresholds{}), nil, nil)
+	m, err := gateway.New(deps, fastConfig(), postgres.New(h.env.DB, postgres.Thresholds{}), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,6 +39,45 @@ func TestAdminAPI(t *testing.T) {
 	m.Register(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
+	return &adminAPI{t: t, srv: srv, signer: signer}
+}
+
+// do sends a request with token (none if empty) and a JSON body (none if empty).
+func (a *adminAPI) do(token, method, path, body string) (int, []byte) {
+	return a.doType(token, method, path, body, "application/json")
+}
+
+// doType is do with the body's Content-Type.
+func (a *adminAPI) doType(token, method, path, body, contentType string) (int, []byte) {
+	a.t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, a.srv.URL+path, r)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := a.srv.Client().Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 400 && resp.Header.Get("Content-Type") != "application/problem+json" {
+		a.t.Errorf("%s %s: %d with Content-Type %q, want application/problem+json", method, path, resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	return resp.StatusCode, b
+}
+
+func TestAdminAPI(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1)
+	api := newAdminAPI(t, h)
+	signer, do := api.signer, api.do
 
 	tidA, ctxA := h.tenant("alpha")
 	tidB, ctxB := h.tenant("bravo")
@@ -43,27 +87,6 @@ func TestAdminAPI(t *testing.T) {
 	member := signer.Token(t, tidA, adminSubject, auth.RoleMember)
 	adminB := signer.Token(t, tidB, adminSubject, auth.RoleAdmin)
 
-	do := func(token, method, path, body string) (int, []byte) {
-		t.Helper()
-		var r io.Reader
-		if body != "" {
-			r = strings.NewReader(body)
-		}
-		req, _ := http.NewRequest(method, srv.URL+path, r)
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := srv.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, b
-	}
 	agentPath := "/api/v1/agents/" + string(e.resp.AgentID)
 
 	var list gateway.ListResponse[gateway.Agent]

@@ -170,7 +170,11 @@ type Session struct {
 	Endpoint           *Endpoint `json:"endpoint,omitempty"`
 	IdleTimeoutSeconds int       `json:"idle_timeout_seconds"`
 	MaxDurationSeconds int       `json:"max_duration_seconds"`
-	LastActivity       time.Time `json:"last_activity"`
+	// LastActivity is what the idle timeout counts from: the later of the last heartbeat,
+	// wake or start and the last stream traffic the gateway recorded. Reads (Get, List)
+	// and the answers of writes show it so; a session read only for the scheduler may
+	// carry the heartbeat alone.
+	LastActivity time.Time `json:"last_activity"`
 	// StartedAt is when the session first became Running.
 	StartedAt *time.Time `json:"started_at,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/auth/authtest"
@@ -519,4 +521,67 @@ func TestNoSessionHangsForever(t *testing.T) {
 		t.Fatalf("waking a failed session: %v", err)
 	}
 	_ = scheduler.Spread
+}
+
+// An agent change that the gateway's store announces on gateway.AgentsChannel places a
+// waiting session at once: the loop's timer is ten minutes away and no other notice is
+// pending (a pass announces no work), so only the announcement can have run the pass that
+// places it. Both changes that make room are played through the gateway's store as its
+// tunnel makes them: a heartbeat reporting more capacity, and a new agent's hello.
+func TestAgentAnnouncementPlacesAtOnce(t *testing.T) {
+	w := newWorld(t, module.Config{Interval: 10 * time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.loop.Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	// waitFor polls cond until it holds; the deadline only bounds a broken run.
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("gave up waiting until %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// The listener has no readiness signal; its connection's last statement is its
+	// second LISTEN once it listens to both channels.
+	waitFor("the loop listens", func() bool {
+		var n int
+		if err := w.env.Pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query = $1`, "LISTEN "+pgx.Identifier{gateway.AgentsChannel}.Sanitize()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	})
+	phase := func(id sessions.ID, p sessions.Phase, reason string) func() bool {
+		return func() bool { s := w.get(id); return s.Phase == p && s.Reason == reason }
+	}
+
+	small := w.agent("small", 500)
+	u := w.user("u")
+	s1 := w.create(u, "1")
+	// The create's own announcement (sessions.WorkChannel) runs a pass, which finds no
+	// room; a pass announces nothing more.
+	waitFor("the session waits for room", phase(s1.ID, sessions.PhaseScheduling, sessions.ReasonNoAgentFits))
+	small.cap.CPUAllocatableMillis = 2000
+	if lost, err := w.gw.RecordHeartbeats(w.sys, []gateway.Beat{{Agent: small.id, Conn: small.owner.Conn, Capacity: small.cap}}); err != nil || len(lost) > 0 {
+		t.Fatalf("heartbeat: %v %v", lost, err)
+	}
+	waitFor("the session is placed after the capacity change", phase(s1.ID, sessions.PhaseStarting, sessions.ReasonPlaced))
+	if got := w.get(s1.ID); got.AgentID != string(small.id) {
+		t.Fatalf("placed on %s, want %s", got.AgentID, small.id)
+	}
+
+	s2 := w.create(u, "2") // 1500m are left on small
+	waitFor("the second session waits for room", phase(s2.ID, sessions.PhaseScheduling, sessions.ReasonNoAgentFits))
+	big := w.agent("big", 4000) // enrolled, claimed and its hello recorded
+	waitFor("the second session is placed on the new agent", phase(s2.ID, sessions.PhaseStarting, sessions.ReasonPlaced))
+	if got := w.get(s2.ID); got.AgentID != string(big.id) {
+		t.Fatalf("placed on %s, want %s", got.AgentID, big.id)
+	}
 }

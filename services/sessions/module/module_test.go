@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/auth/authtest"
 	"streamspace.dev/libs/server"
@@ -498,10 +500,11 @@ type sse struct {
 }
 
 type sseEvent struct {
-	Event string
-	ID    sessions.ID
-	Owner string
-	Phase sessions.Phase
+	Event        string
+	ID           sessions.ID
+	Owner        string
+	Phase        sessions.Phase
+	LastActivity time.Time
 }
 
 func (h *harness) watch(token, query string) *sse {
@@ -529,13 +532,14 @@ func (h *harness) watch(token, query string) *sse {
 				ev = strings.TrimPrefix(line, "event: ")
 			case strings.HasPrefix(line, "data: "):
 				var v struct {
-					ID    sessions.ID    `json:"id"`
-					Owner string         `json:"owner_id"`
-					Phase sessions.Phase `json:"phase"`
+					ID           sessions.ID    `json:"id"`
+					Owner        string         `json:"owner_id"`
+					Phase        sessions.Phase `json:"phase"`
+					LastActivity time.Time      `json:"last_activity"`
 				}
 				_ = json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &v)
 				s.mu.Lock()
-				s.events = append(s.events, sseEvent{Event: ev, ID: v.ID, Owner: v.Owner, Phase: v.Phase})
+				s.events = append(s.events, sseEvent{Event: ev, ID: v.ID, Owner: v.Owner, Phase: v.Phase, LastActivity: v.LastActivity})
 				s.mu.Unlock()
 			}
 		}
@@ -608,4 +612,40 @@ func TestLiveStreamShowsOnlyWhatTheCallerMaySee(t *testing.T) {
 	check("globex", globexStream, func(e sseEvent) bool { return e.ID == theirs.ID })
 	// A stream needs a token.
 	h.expect(h.do("GET", sessions.WatchPath, "", nil), 401, "unauthenticated")
+}
+
+// A session that streams is active in what the API shows: once the gateway records its
+// traffic (in session_traffic), last_activity moves in a read, in the list, in the answer
+// of a write and in the live stream's next event of the session.
+func TestAPIShowsTrafficAsActivity(t *testing.T) {
+	h := start(t)
+	alice := h.token(h.acme, "alice", auth.RoleMember)
+	s := h.create(alice, map[string]any{"template": "desk"})
+	stream := h.watch(alice, "")
+	stream.waitFor(t, "the snapshot", func(e sseEvent) bool { return e.ID == s.ID })
+
+	streamed := s.LastActivity.Add(time.Hour).Truncate(time.Microsecond)
+	if _, err := h.env.Pool.Exec(context.Background(), `INSERT INTO `+pgx.Identifier{h.acme.Schema()}.Sanitize()+`.session_traffic
+		(session_id, last_traffic_at, bytes_in, bytes_out) VALUES ($1, $2, 100, 5000)`, string(s.ID), streamed); err != nil {
+		t.Fatal(err)
+	}
+	var got sessions.Session
+	h.do("GET", "/api/v1/sessions/"+string(s.ID), alice, nil).json(t, &got)
+	if !got.LastActivity.Equal(streamed) {
+		t.Fatalf("GET shows last_activity %v, want the traffic's %v", got.LastActivity, streamed)
+	}
+	var page sessions.Page
+	h.do("GET", "/api/v1/sessions", alice, nil).json(t, &page)
+	if len(page.Items) != 1 || !page.Items[0].LastActivity.Equal(streamed) {
+		t.Fatalf("the list shows %+v, want last_activity %v", page.Items, streamed)
+	}
+	r := h.do("PUT", "/api/v1/sessions/"+string(s.ID)+"/tags", alice, map[string]any{"tags": []string{"streaming"}})
+	h.expect(r, 200, "")
+	r.json(t, &got)
+	if !got.LastActivity.Equal(streamed) {
+		t.Fatalf("the tags' answer shows last_activity %v, want %v", got.LastActivity, streamed)
+	}
+	stream.waitFor(t, "the event of the tags' change with the traffic's activity", func(e sseEvent) bool {
+		return e.ID == s.ID && e.LastActivity.Equal(streamed)
+	})
 }

@@ -153,10 +153,6 @@ func (s *Store) Reap(ctx context.Context, t Timers, actor string) (Reaped, error
 		count  *int
 		decide func(cur sessions.Session, now time.Time) (sessions.Decision, error)
 	}
-	// traffic holds the last stream traffic of the sessions a rule selected, read with
-	// them: the gateway writes it to its own table, which the session's row lock does not
-	// cover, so it is taken as of the selection.
-	traffic := map[sessions.ID]time.Time{}
 	progressing := func(p sessions.Phase) bool {
 		return p == sessions.PhasePending || p == sessions.PhaseScheduling || p == sessions.PhaseStarting || p == sessions.PhaseStopping
 	}
@@ -181,12 +177,11 @@ func (s *Store) Reap(ctx context.Context, t Timers, actor string) (Reaped, error
 			AND greatest(last_activity, ` + lastTraffic + `) < now() - make_interval(secs => idle_timeout_seconds)`,
 		count: &r.Hibernated,
 		decide: func(cur sessions.Session, now time.Time) (sessions.Decision, error) {
+			// Transition reads cur's activity with its traffic (see rowColumns), as of
+			// the row lock: the gateway writes traffic to its own table, which the lock
+			// does not cover, so traffic after this read does not save the session.
 			idle := time.Duration(cur.IdleTimeoutSeconds) * time.Second
-			last := cur.LastActivity
-			if t := traffic[cur.ID]; t.After(last) {
-				last = t
-			}
-			if cur.Desired != sessions.DesiredRunning || cur.Phase != sessions.PhaseRunning || now.Sub(last) < idle {
+			if cur.Desired != sessions.DesiredRunning || cur.Phase != sessions.PhaseRunning || now.Sub(cur.LastActivity) < idle {
 				return sessions.Decision{Noop: true}, nil
 			}
 			return sessions.Decide(cur, sessions.ActionHibernate, sessions.ReasonIdleTimeout,
@@ -207,24 +202,15 @@ func (s *Store) Reap(ctx context.Context, t Timers, actor string) (Reaped, error
 	}}
 	for _, ru := range rules {
 		var ids []sessions.ID
-		clear(traffic)
 		err := s.db.InTenantTx(ctx, readOnly, func(ctx context.Context, tx pgx.Tx) error {
 			args := append([]any{}, ru.args...)
 			args = append(args, t.Limit)
-			rows, err := tx.Query(ctx, fmt.Sprintf(`SELECT id, `+lastTraffic+` FROM sessions WHERE deleted_at IS NULL AND %s LIMIT $%d`,
+			rows, err := tx.Query(ctx, fmt.Sprintf(`SELECT id FROM sessions WHERE deleted_at IS NULL AND %s LIMIT $%d`,
 				ru.where, len(args)), args...)
 			if err != nil {
 				return err
 			}
-			var id sessions.ID
-			var last *time.Time
-			_, err = pgx.ForEachRow(rows, []any{&id, &last}, func() error {
-				ids = append(ids, id)
-				if last != nil {
-					traffic[id] = *last
-				}
-				return nil
-			})
+			ids, err = pgx.CollectRows(rows, pgx.RowTo[sessions.ID])
 			return err
 		})
 		if err != nil {

@@ -25,6 +25,14 @@ const maxGroup = 64
 // audit entries, usage and notifications go in one pipelined round trip and one commit.
 // Should the group's transaction fail, each of its creates runs alone, so that one bad
 // request cannot fail the others.
+//
+// A queued create whose caller has gone (its context is done: the client disconnected or
+// timed out) is dropped once the group holds the usage rows, just before the decisions:
+// its caller got an error, so its session must not appear and count against the quotas.
+// What remains is the window every request has: a caller that goes after that point (the
+// group's last round trip and its commit) gets an error for a session that exists, and
+// learns the truth as after any timeout, by listing or by retrying with an idempotency
+// key.
 type group struct {
 	mu   sync.Mutex
 	wait map[tenant.ID][]*groupCreate
@@ -56,14 +64,17 @@ func (s *Store) createGrouped(ctx context.Context, rec sessions.Record, actor st
 	g.busy[tid] = true
 	g.mu.Unlock()
 	if lead {
+		// The leader's create is in the group it commits, so its outcome is settled
+		// now, whatever its context says.
 		s.lead(tid)
+		return c.out, c.err
 	}
 	select {
 	case <-c.done:
 		return c.out, c.err
 	case <-ctx.Done():
-		// The create may still commit; the caller's retry with an idempotency key is
-		// the way to learn its outcome, as with any request that timed out.
+		// Unless the group has passed the point where it drops the creates of callers
+		// that have gone (see group), this create will not commit.
 		return sessions.Session{}, ctx.Err()
 	}
 }
@@ -93,12 +104,25 @@ func (s *Store) lead(tid tenant.ID) {
 	}
 }
 
-func (s *Store) commitGroup(batch []*groupCreate) {
+func (s *Store) commitGroup(all []*groupCreate) {
 	defer func() {
-		for _, c := range batch {
+		for _, c := range all {
 			close(c.done)
 		}
 	}()
+	// Callers that went while queued are dropped here already; groupTx drops those that
+	// go while it waits for the usage rows.
+	var batch []*groupCreate
+	for _, c := range all {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err
+			continue
+		}
+		batch = append(batch, c)
+	}
+	if len(batch) == 0 {
+		return
+	}
 	if len(batch) == 1 {
 		c := batch[0]
 		c.out, _, c.err = s.createAlone(c.ctx, c.rec, nil, c.actor)
@@ -177,10 +201,16 @@ func (s *Store) groupTx(ctx context.Context, tx pgx.Tx, batch []*groupCreate) er
 		}
 	}
 
-	// The quota decisions, in queue order, exactly as charge makes them one by one.
+	// The quota decisions, in queue order, exactly as charge makes them one by one. The
+	// creates whose callers have gone are dropped first, now that the usage rows are
+	// held: waiting for them is where a group spends its time under load.
 	b = &pgx.Batch{}
 	var admitted []*groupCreate
 	for _, c := range batch {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err
+			continue
+		}
 		n := c.rec.Session
 		one := sessions.Usage{Sessions: 1, CPUMillis: n.CPUMillis, MemoryBytes: n.MemoryBytes}
 		checks := []struct {

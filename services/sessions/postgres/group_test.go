@@ -2,9 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -108,5 +110,115 @@ func TestGroupedCreatesHoldQuotas(t *testing.T) {
 	}
 	if events != ok || audits != ok {
 		t.Fatalf("%d creation events and %d audit entries for %d sessions", events, audits, ok)
+	}
+}
+
+// A grouped create whose caller has gone before the group decides is not committed: its
+// caller gets its context's error, its session does not exist, and the quota counts only
+// the sessions that do. The test makes the group wait, deterministically, on the tenant's
+// usage row, which another transaction holds: the first create leads alone and waits
+// there, four more queue behind it, one of which gives up while queued, the leader's
+// caller gives up (its transaction rolls back), the others then wait there as one group,
+// and one of them gives up too before the row is released.
+func TestGroupedCreateOfGoneCallerIsDropped(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	tn, ctx := env.Tenant(t, "acme")
+	store := postgres.New(env.DB)
+	schema := pgx.Identifier{tn.ID.Schema()}.Sanitize()
+	bg := context.Background()
+	if _, _, err := store.Create(ctx, record("alice"), nil, "alice"); err != nil { // the usage rows now exist
+		t.Fatal(err)
+	}
+	// waitFor polls cond: the states it waits for have no event to wait on.
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("gave up waiting until %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// waitsForLock says whether one of the test database's backends waits for a lock,
+	// in a statement containing fragment, and no other backend does.
+	waitsForLock := func(fragment string) func() bool {
+		return func() bool {
+			var all, these int
+			if err := env.Pool.QueryRow(bg, `SELECT count(*), count(*) FILTER (WHERE strpos(query, $1) > 0) FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock'`, fragment).Scan(&all, &these); err != nil {
+				t.Fatal(err)
+			}
+			return all == 1 && these == 1
+		}
+	}
+
+	holder, err := env.Pool.Begin(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(bg)
+	if _, err := holder.Exec(bg, `SELECT 1 FROM `+schema+`.session_usage WHERE subject = '' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		s   sessions.Session
+		err error
+	}
+	type create struct {
+		rec    sessions.Record
+		cancel context.CancelFunc
+		done   chan result
+	}
+	start := func() *create {
+		cctx, cancel := context.WithCancel(ctx)
+		c := &create{rec: record("bob"), cancel: cancel, done: make(chan result, 1)}
+		go func() {
+			s, _, err := store.Create(cctx, c.rec, nil, "bob")
+			c.done <- result{s, err}
+		}()
+		return c
+	}
+	leader := start()
+	waitFor("the leader waits for the usage row", waitsForLock("u.sessions + 1")) // charge's upsert
+	queued := []*create{start(), start(), start(), start()}
+	waitFor("four creates queue", func() bool { return postgres.QueuedCreates(store, tn.ID) == 4 })
+	early := queued[3]
+	early.cancel()
+	if r := <-early.done; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("a queued caller gave up before its group began, and got %+v %v", r.s, r.err)
+	}
+	leader.cancel()
+	if r := <-leader.done; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the leader's caller gave up, and got %+v %v", r.s, r.err)
+	}
+	waitFor("the group waits for the usage row", waitsForLock("SET subject = u.subject")) // the group's first lock
+	gone := queued[1]
+	gone.cancel()
+	if r := <-gone.done; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("a queued caller gave up, and got %+v %v", r.s, r.err)
+	}
+	if err := holder.Commit(bg); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*create{queued[0], queued[2]} {
+		if r := <-c.done; r.err != nil || r.s.ID != c.rec.Session.ID {
+			t.Fatalf("a create of the group: %+v %v", r.s, r.err)
+		}
+	}
+	// The group has committed (its other creates returned): what is stored is final.
+	var rows, gones, used, bobs int64
+	if err := env.Pool.QueryRow(bg, `SELECT (SELECT count(*) FROM `+schema+`.sessions),
+			(SELECT count(*) FROM `+schema+`.sessions WHERE id = ANY ($1)),
+			(SELECT sessions FROM `+schema+`.session_usage WHERE subject = ''),
+			(SELECT sessions FROM `+schema+`.session_usage WHERE subject = 'bob')`,
+		[]string{string(leader.rec.Session.ID), string(gone.rec.Session.ID), string(early.rec.Session.ID)}).Scan(&rows, &gones, &used, &bobs); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 3 || gones != 0 || used != 3 || bobs != 2 {
+		t.Fatalf("%d sessions stored (%d of callers that gave up), the tenant's usage says %d and bob's %d; want 3, 0, 3, 2",
+			rows, gones, used, bobs)
 	}
 }

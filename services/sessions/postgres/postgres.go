@@ -38,12 +38,36 @@ func New(db *tenantdb.DB) *Store { return &Store{db: db} }
 // DB returns the tenant database, for the loops that share it.
 func (s *Store) DB() *tenantdb.DB { return s.db }
 
-// Columns is what every session read returns, in Scan's order. The scheduler's store
-// reads sessions with it too.
-const Columns = `id, owner_id, name, template, template_scope, template_version, tags, cpu_millis, memory_bytes,
+// The columns of a session in Scan's order, before and after its last activity, which
+// the statements below read in two ways.
+const (
+	columnsHead = `id, owner_id, name, template, template_scope, template_version, tags, cpu_millis, memory_bytes,
 	agent_tags, desired, generation, phase, reason, message, phase_since, COALESCE(agent_id, ''), agent_lost_at, endpoint,
-	idle_timeout_seconds, max_duration_seconds, last_activity, started_at, created_at, updated_at,
+	idle_timeout_seconds, max_duration_seconds, `
+	columnsTail = `, started_at, created_at, updated_at,
 	COALESCE(last_agent_id, ''), dispatched_generation, assignment_generation, status_observed_at`
+)
+
+// Columns is what every session read returns, in Scan's order, with the last activity as
+// stored in the row (heartbeats, wakes, the start). The scheduler's store reads sessions
+// with it too; what the API shows comes from apiColumns and rowColumns.
+const Columns = columnsHead + `last_activity` + columnsTail
+
+// A session's activity as the API shows it is the later of its row's last_activity and
+// the stream traffic the gateway records in session_traffic, the same activity the idle
+// rule goes by (see Reap): a session that streams is active though its client sends no
+// heartbeat.
+const (
+	// apiColumns is Columns for a read FROM withTraffic.
+	apiColumns = columnsHead + `greatest(sessions.last_activity, t.last_traffic_at)` + columnsTail
+	// withTraffic joins each session to its traffic row (at most one: session_id is the
+	// key), keeping sessions that have none.
+	withTraffic = `sessions LEFT JOIN session_traffic t ON t.session_id = sessions.id`
+	// rowColumns is Columns for a statement on sessions alone, where a join cannot be
+	// written (RETURNING) or would lock the traffic row too (FOR UPDATE): the traffic
+	// row is looked up by its key instead.
+	rowColumns = columnsHead + `greatest(last_activity, ` + lastTraffic + `)` + columnsTail
+)
 
 // Scan reads a row selected with Columns.
 func Scan(row pgx.Row) (sessions.Session, error) {
@@ -457,12 +481,22 @@ func (s *Store) Get(ctx context.Context, id sessions.ID, scope sessions.Scope) (
 	var out sessions.Session
 	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
 		var err error
-		out, err = Scan(tx.QueryRow(ctx, `SELECT `+Columns+` FROM sessions WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause,
+		out, err = Scan(tx.QueryRow(ctx, `SELECT `+apiColumns+` FROM `+withTraffic+` WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause,
 			string(id), scope.Owner))
 		return notFound(err)
 	})
 	return out, err
 }
+
+// listSQL is List's one statement: $1 the owner, $2 the phase, $3 the tag ("" for any),
+// $4 and $5 the created_at and id to list before (NULL for the first page), $6 the limit.
+// It walks sessions_live (or sessions_owner) newest first and looks each row's traffic up
+// by its key, so a page costs its own rows, however many sessions or traffic rows the
+// tenant has (TestListPlan).
+const listSQL = `SELECT ` + apiColumns + ` FROM ` + withTraffic + `
+	WHERE deleted_at IS NULL AND ($1 = '' OR owner_id = $1) AND ($2 = '' OR phase = $2) AND ($3 = '' OR $3 = ANY (tags))
+	  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+	ORDER BY created_at DESC, id DESC LIMIT $6`
 
 // List implements sessions.Store.
 func (s *Store) List(ctx context.Context, scope sessions.Scope, q sessions.StoreQuery) ([]sessions.Session, error) {
@@ -477,10 +511,7 @@ func (s *Store) List(ctx context.Context, scope sessions.Scope, q sessions.Store
 	}
 	out := []sessions.Session{}
 	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+Columns+` FROM sessions
-			WHERE deleted_at IS NULL AND ($1 = '' OR owner_id = $1) AND ($2 = '' OR phase = $2) AND ($3 = '' OR $3 = ANY (tags))
-			  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
-			ORDER BY created_at DESC, id DESC LIMIT $6`, owner, string(q.Phase), q.Tag, beforeAt, beforeID, q.Limit+1)
+		rows, err := tx.Query(ctx, listSQL, owner, string(q.Phase), q.Tag, beforeAt, beforeID, q.Limit+1)
 		if err != nil {
 			return err
 		}
@@ -495,7 +526,7 @@ func (s *Store) Transition(ctx context.Context, id sessions.ID, scope sessions.S
 	decide func(sessions.Session) (sessions.Decision, error)) (sessions.Session, error) {
 	var out sessions.Session
 	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
-		cur, err := Scan(tx.QueryRow(ctx, `SELECT `+Columns+` FROM sessions WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause+` FOR UPDATE`,
+		cur, err := Scan(tx.QueryRow(ctx, `SELECT `+rowColumns+` FROM sessions WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause+` FOR UPDATE`,
 			string(id), scope.Owner))
 		if err != nil {
 			return notFound(err)
@@ -542,7 +573,7 @@ func ApplyDecision(ctx context.Context, tx pgx.Tx, cur sessions.Session, d sessi
 			last_activity = CASE WHEN $8 THEN now() ELSE last_activity END,
 			deleted_at = CASE WHEN $9 THEN now() ELSE deleted_at END,
 			updated_at = now()
-		WHERE id = $1 RETURNING `+Columns, string(cur.ID), string(d.Desired), gen, dispatched,
+		WHERE id = $1 RETURNING `+rowColumns, string(cur.ID), string(d.Desired), gen, dispatched,
 		string(d.Phase), d.Reason, d.Message, d.Charge, d.Delete))
 	if err != nil {
 		return cur, err
@@ -573,7 +604,7 @@ func (s *Store) SetTags(ctx context.Context, id sessions.ID, scope sessions.Scop
 	err := s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
 		var err error
 		out, err = Scan(tx.QueryRow(ctx, `UPDATE sessions SET tags = $3, updated_at = now()
-			WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause+` RETURNING `+Columns, string(id), scope.Owner, tags))
+			WHERE id = $1 AND deleted_at IS NULL AND `+ownerClause+` RETURNING `+rowColumns, string(id), scope.Owner, tags))
 		if err != nil {
 			return notFound(err)
 		}
