@@ -476,11 +476,14 @@ func (s *Store) List(ctx context.Context, scope sessions.Scope, q sessions.Store
 		beforeAt, beforeID = &q.Before.CreatedAt, string(q.Before.ID)
 	}
 	out := []sessions.Session{}
-	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+Columns+` FROM sessions
+	// One round trip (see tenantdb.InTenantRead): a page is one statement.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+Columns+` FROM sessions
 			WHERE deleted_at IS NULL AND ($1 = '' OR owner_id = $1) AND ($2 = '' OR phase = $2) AND ($3 = '' OR $3 = ANY (tags))
 			  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
 			ORDER BY created_at DESC, id DESC LIMIT $6`, owner, string(q.Phase), q.Tag, beforeAt, beforeID, q.Limit+1)
+	err := s.db.InTenantRead(ctx, b, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -645,9 +648,12 @@ func (s *Store) RecordActivity(ctx context.Context, ids []sessions.ID) error {
 // Settings implements sessions.Store.
 func (s *Store) Settings(ctx context.Context) (sessions.Settings, error) {
 	var out sessions.Settings
-	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+	// One round trip: every create reads them (see tenantdb.InTenantRead).
+	b := &pgx.Batch{}
+	b.Queue(settingsSQL, sessions.SettingsKey)
+	err := s.db.InTenantRead(ctx, b, func(br pgx.BatchResults) error {
 		var err error
-		out, err = settings(ctx, tx)
+		out, err = decodeSettings(br.QueryRow())
 		return err
 	})
 	return out, err
