@@ -48,6 +48,13 @@ func startPlane(t testing.TB) *plane {
 // startPlaneWith is startPlane with the services' settings changed by set, if not nil.
 func startPlaneWith(t testing.TB, set func(*streamspace.Settings)) *plane {
 	t.Helper()
+	return startPlanePool(t, set, nil)
+}
+
+// startPlanePool is startPlaneWith with pool, if not nil, adjusting the server's pool
+// configuration (a benchmark counts round trips with it).
+func startPlanePool(t testing.TB, set func(*streamspace.Settings), pool func(*pgxpool.Config)) *plane {
+	t.Helper()
 	settings := streamspace.Settings{Identity: identity.Config{KEK: testKEK}}
 	if set != nil {
 		set(&settings)
@@ -66,7 +73,7 @@ func startPlaneWith(t testing.TB, set func(*streamspace.Settings)) *plane {
 			LogLevel: "warn", ShutdownTimeout: shutdownTimeout, MaxConns: 20, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
 			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
 				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
-			}},
+			}, Pool: pool},
 			func(d server.Deps) ([]server.Module, error) {
 				mods, err := streamspace.ModulesWith(d, settings)
 				for _, m := range mods {
