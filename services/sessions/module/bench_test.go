@@ -40,6 +40,20 @@ func benchClients(b *testing.B) int {
 	return n
 }
 
+// benchConns returns STREAMSPACE_BENCH_CONNS, the server's pool size for BenchmarkAPI
+// (to compare pool sizes against the machine's cores), or 0 for the harness's 40.
+func benchConns(b *testing.B) int {
+	s := os.Getenv("STREAMSPACE_BENCH_CONNS")
+	if s == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		b.Fatalf("STREAMSPACE_BENCH_CONNS=%q: want a positive integer", s)
+	}
+	return n
+}
+
 // benchLoad returns STREAMSPACE_BENCH_LOAD, the offered load of BenchmarkAPI's open-loop
 // phase as a fraction of the saturation throughput it measured: 0.5 unless set.
 func benchLoad(b *testing.B) float64 {
@@ -56,7 +70,8 @@ func benchLoad(b *testing.B) float64 {
 
 // BenchmarkAPI measures the sessions API through its real HTTP transport on 127.0.0.1
 // over real PostgreSQL: 50 clients (STREAMSPACE_BENCH_CLIENTS overrides), each a member of
-// one tenant with its own token and its own keep-alive connection, creating sessions and
+// one tenant with its own token and its own keep-alive connection, against a server
+// whose pool holds 40 connections (STREAMSPACE_BENCH_CONNS overrides), creating sessions and
 // listing their own (a page of 50). Quotas are set high so that every create is accepted
 // and takes the full quota path. With -benchtime=40x each phase below makes 2,000 of each
 // request. The goals of the sessions issue are create p99 ≤ 20 ms and list p99 ≤ 10 ms
@@ -88,7 +103,13 @@ func benchLoad(b *testing.B) float64 {
 func BenchmarkAPI(b *testing.B) {
 	clients := benchClients(b)
 	trips := &roundTrips{}
-	h := startWith(b, func(c *pgxpool.Config) { c.ConnConfig.Tracer = multitracer.New(c.ConnConfig.Tracer, trips) })
+	conns := benchConns(b)
+	h := startWith(b, func(c *pgxpool.Config) {
+		c.ConnConfig.Tracer = multitracer.New(c.ConnConfig.Tracer, trips)
+		if conns > 0 {
+			c.MaxConns = int32(conns)
+		}
+	})
 	many := int64(1 << 40)
 	sys := auth.AsSystem(context.Background(), h.acme, "bench")
 	if err := postgres.New(h.env.DB).SetSettings(sys, sessions.Settings{
