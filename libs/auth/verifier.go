@@ -63,7 +63,8 @@ type verified struct {
 	exp time.Time
 }
 
-// maxVerified bounds the tokens a Verifier remembers: about 1 KiB each.
+// maxVerified bounds the tokens a Verifier remembers: about 1 KiB each in practice, at
+// most MaxTokenBytes.
 const maxVerified = 4096
 
 // NewVerifier returns a Verifier. It fails if Keys or Issuer is missing or Leeway is
