@@ -10,3 +10,10 @@ func (s *JWKSSource) Settle() {
 		<-call.done
 	}
 }
+
+// Remembered returns how many accepted tokens v remembers.
+func Remembered(v *Verifier) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.verified)
+}

@@ -2,9 +2,11 @@ package auth
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -36,10 +38,34 @@ type VerifierConfig struct {
 }
 
 // Verifier checks access JWTs locally. It is safe for concurrent use.
+//
+// It remembers the tokens it accepted (up to maxVerified of them), because a client sends
+// the same token with every request until it expires, and checking the signature again
+// is most of the cost of authenticating a request. A remembered token is accepted again
+// only while it has not expired (with the leeway) and while the key source still returns
+// the very key that verified it, so a key withdrawn from identity's JWKS stops its tokens
+// as promptly as without the memory. Tokens that failed are not remembered.
 type Verifier struct {
 	keys   KeySource
 	parser *jwt.Parser
+	now    func() time.Time
+	leeway time.Duration
+
+	mu       sync.Mutex
+	verified map[string]verified
 }
+
+// verified is what Verify remembers of a token it accepted.
+type verified struct {
+	p   Principal
+	kid string
+	key ed25519.PublicKey
+	exp time.Time
+}
+
+// maxVerified bounds the tokens a Verifier remembers: about 1 KiB each in practice, at
+// most MaxTokenBytes.
+const maxVerified = 4096
 
 // NewVerifier returns a Verifier. It fails if Keys or Issuer is missing or Leeway is
 // negative.
@@ -63,7 +89,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		cfg.Now = time.Now
 	}
 	return &Verifier{
-		keys: cfg.Keys,
+		keys: cfg.Keys, now: cfg.Now, leeway: cfg.Leeway, verified: map[string]verified{},
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{Algorithm}),
 			jwt.WithIssuer(cfg.Issuer),
@@ -101,8 +127,12 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Principal, error) {
 	if len(raw) > MaxTokenBytes {
 		return Principal{}, apperr.Wrap(errTooLarge, apperr.Unauthenticated, "invalid token")
 	}
+	if p, ok := v.remembered(ctx, raw); ok {
+		return p, nil
+	}
 	var keyErr error
 	var c Claims
+	var used verified
 	_, err := v.parser.ParseWithClaims(raw, &c, func(t *jwt.Token) (any, error) {
 		if _, ok := t.Header["crit"]; ok {
 			// RFC 7515 §4.1.11: extensions we do not understand make the token invalid.
@@ -117,6 +147,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Principal, error) {
 			keyErr = err
 			return nil, err
 		}
+		used.kid, used.key = kid, k
 		return k, nil
 	})
 	if err != nil {
@@ -134,7 +165,49 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Principal, error) {
 	if err != nil {
 		return Principal{}, apperr.Wrap(err, apperr.Unauthenticated, "invalid token")
 	}
+	if c.ExpiresAt != nil { // required by the parser; checked for safety
+		used.p, used.exp = p, c.ExpiresAt.Time
+		used.p.Scopes = slices.Clone(p.Scopes) // p is the caller's to keep
+		v.remember(raw, used)
+	}
 	return p, nil
+}
+
+// remembered returns the principal of raw if Verify accepted it before, it has not
+// expired since, and its key is still the one that verified it.
+func (v *Verifier) remembered(ctx context.Context, raw string) (Principal, bool) {
+	v.mu.Lock()
+	e, ok := v.verified[raw]
+	v.mu.Unlock()
+	if !ok {
+		return Principal{}, false
+	}
+	if !v.now().Before(e.exp.Add(v.leeway)) {
+		v.mu.Lock()
+		delete(v.verified, raw)
+		v.mu.Unlock()
+		return Principal{}, false // the full check says why
+	}
+	if k, err := v.keys.Key(ctx, e.kid); err != nil || !k.Equal(e.key) {
+		return Principal{}, false
+	}
+	p := e.p
+	p.Scopes = slices.Clone(p.Scopes) // the caller's to keep
+	return p, true
+}
+
+// remember records an accepted token. When full it forgets an arbitrary token: the
+// memory only saves work, so which one goes does not matter.
+func (v *Verifier) remember(raw string, e verified) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.verified) >= maxVerified {
+		for k := range v.verified {
+			delete(v.verified, k)
+			break
+		}
+	}
+	v.verified[raw] = e
 }
 
 // principalOf checks StreamSpace's own claims, which the signature vouches for but which a

@@ -9,9 +9,11 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -331,5 +333,82 @@ func TestVerifyAuthtestTokens(t *testing.T) {
 	p, err = v.Verify(context.Background(), s.OperatorToken(t, "bob"))
 	if err != nil || p.Kind != auth.KindOperator || p.Tenant != "" || p.Subject != "bob" {
 		t.Errorf("Verify(OperatorToken) = %+v, %v", p, err)
+	}
+}
+
+// TestVerifyRemembers: a token accepted once is accepted again without its signature
+// being checked, but only while the key source still returns the key that verified it
+// and only until it expires; a changed kid mapping, a withdrawn key or expiry each send it
+// back through the full check, which refuses it as before.
+func TestVerifyRemembers(t *testing.T) {
+	t.Parallel()
+	s := authtest.NewSigner(t)
+	other := authtest.NewSigner(t)
+	var (
+		mu  sync.Mutex
+		key = s.PublicKey()
+	)
+	keys := auth.KeyFunc(func(_ context.Context, kid string) (ed25519.PublicKey, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if kid != s.Kid() || key == nil {
+			return nil, fmt.Errorf("%w: %s", auth.ErrUnknownKey, kid)
+		}
+		return key, nil
+	})
+	c := newClock()
+	c.t = t0
+	v := newVerifier(t, keys, c.Now)
+	claims := userClaims()
+	claims.Scopes = []string{"sessions:read"}
+	raw := s.Sign(claims)
+	for i := range 3 {
+		p, err := v.Verify(context.Background(), raw)
+		if err != nil {
+			t.Fatalf("verify %d: %v", i, err)
+		}
+		if p.Subject != "user-1" || p.Tenant != testTenant || len(p.Scopes) != 1 {
+			t.Fatalf("verify %d: principal %+v", i, p)
+		}
+		p.Scopes[0] = "mutated" // must not reach the next caller
+	}
+	if n := auth.Remembered(v); n != 1 {
+		t.Fatalf("the verifier remembers %d tokens, want 1", n)
+	}
+	if p, _ := v.Verify(context.Background(), raw); p.Scopes[0] != "sessions:read" {
+		t.Fatalf("a caller's change reached the remembered principal: %v", p.Scopes)
+	}
+	// The kid now names another key: the remembered token is checked again and fails.
+	mu.Lock()
+	key = other.PublicKey()
+	mu.Unlock()
+	_, err := v.Verify(context.Background(), raw)
+	wantCode(t, err, apperr.Unauthenticated)
+	// The right key again, then withdrawn.
+	mu.Lock()
+	key = s.PublicKey()
+	mu.Unlock()
+	if _, err := v.Verify(context.Background(), raw); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	key = nil
+	mu.Unlock()
+	_, err = v.Verify(context.Background(), raw)
+	wantCode(t, err, apperr.Unauthenticated)
+	// Back, then expired (beyond the leeway): refused with the full check's message.
+	mu.Lock()
+	key = s.PublicKey()
+	mu.Unlock()
+	if _, err := v.Verify(context.Background(), raw); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(10*time.Minute + auth.DefaultLeeway + time.Second)
+	_, err = v.Verify(context.Background(), raw)
+	if e, ok := apperr.As(err); !ok || e.Message != "token expired" {
+		t.Fatalf("an expired remembered token: %v, want \"token expired\"", err)
+	}
+	if n := auth.Remembered(v); n != 0 {
+		t.Fatalf("the verifier still remembers %d tokens after they expired, want 0", n)
 	}
 }

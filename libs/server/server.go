@@ -165,6 +165,10 @@ type Options struct {
 	// Before runs after the pool is open and before modules are built: the all-in-one
 	// binary applies migrations here.
 	Before func(ctx context.Context, pool *pgxpool.Pool) error
+	// Pool, if set, adjusts the pool configuration after Run's own settings and before
+	// the pool opens (benchmarks add a tracer that counts round trips). It must not change
+	// the query exec mode (see tenantdb).
+	Pool func(*pgxpool.Config)
 }
 
 // Run serves the modules built by build until ctx ends or a signal arrives, then shuts
@@ -191,6 +195,9 @@ func Run(ctx context.Context, cfg Config, opts Options, build func(Deps) ([]Modu
 	db, err := tenantdb.Open(ctx, cfg.DatabaseURL, func(pc *pgxpool.Config) {
 		pc.MaxConns = int32(cfg.MaxConns)
 		pc.ConnConfig.Tracer = telemetry.PgxTracer()
+		if opts.Pool != nil {
+			opts.Pool(pc)
+		}
 	})
 	if err != nil {
 		_ = shutdownTracing(ctx)

@@ -34,5 +34,10 @@
 // # Round trips
 //
 // BEGIN and the SET LOCAL travel together in one simple-protocol message, so a tenant
-// transaction costs the same round trips as a plain one.
+// transaction costs the same round trips as a plain one: one for BEGIN, one per
+// statement (or pipelined batch), one for COMMIT. A read whose statements need no answer
+// before the next one goes through InTenantRead instead, which pipelines BEGIN READ ONLY,
+// the SET LOCAL, the statements and COMMIT in one round trip: the API's list, the
+// template and settings reads of every create, and the gateway's reads on the way from a
+// create to its agent use it.
 package tenantdb

@@ -120,16 +120,8 @@ func (db *DB) InTenant(ctx context.Context, fn func(ctx context.Context, tx pgx.
 
 // InTenantTx is InTenant with options.
 func (db *DB) InTenantTx(ctx context.Context, opts TxOptions, fn func(ctx context.Context, tx pgx.Tx) error) error {
-	id, ok := tenant.FromContext(ctx)
-	if !ok {
-		return ErrNoTenant
-	}
-	// The ID came from a verified token, but it still passes the parser before it goes
-	// near SQL: defence in depth against a future bug in what fills the context.
-	if _, err := tenant.ParseID(string(id)); err != nil {
-		return ErrUnknownTenant
-	}
-	if err := db.check(ctx, id); err != nil {
+	id, err := db.tenant(ctx)
+	if err != nil {
 		return err
 	}
 	begin := beginSQL(id, opts)
@@ -140,7 +132,6 @@ func (db *DB) InTenantTx(ctx context.Context, opts TxOptions, fn func(ctx contex
 			attempts = 5
 		}
 	}
-	var err error
 	for range attempts {
 		err = pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{BeginQuery: begin}, func(tx pgx.Tx) error {
 			return fn(ctx, tx)
@@ -155,6 +146,89 @@ func (db *DB) InTenantTx(ctx context.Context, opts TxOptions, fn func(ctx contex
 		db.Forget(id)
 	}
 	return err
+}
+
+// InTenantRead runs the statements queued in b in one READ ONLY transaction scoped to the
+// context's tenant, in a single round trip: BEGIN, the scoping, b's statements and COMMIT
+// travel as one pipeline. read must read the results of b's statements from br, in order
+// and all of them (CollectRows, QueryRow(…).Scan and Exec each read one), and must not
+// close br. It is InTenantTx with ReadOnly for reads that need no answer before their
+// next statement: a transaction of one query costs one round trip instead of three
+// (BEGIN, the query, COMMIT).
+//
+// Should a statement fail, PostgreSQL skips the rest of the pipeline and leaves the
+// transaction aborted; InTenantRead then rolls it back, so the connection returns to
+// the pool clean (or, if even that fails, is discarded by the pool).
+func (db *DB) InTenantRead(ctx context.Context, b *pgx.Batch, read func(br pgx.BatchResults) error) error {
+	id, err := db.tenant(ctx)
+	if err != nil {
+		return err
+	}
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	full := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(b.QueuedQueries)+3)}
+	full.Queue("BEGIN READ ONLY")
+	full.Queue("SET LOCAL search_path TO " + pgx.Identifier{id.Schema()}.Sanitize())
+	full.QueuedQueries = append(full.QueuedQueries, b.QueuedQueries...)
+	full.Queue("COMMIT")
+	br := conn.SendBatch(ctx, full)
+	err = readPipeline(br, read)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if pc := conn.Conn().PgConn(); !pc.IsClosed() && pc.TxStatus() != 'I' {
+			// If this fails too, Release sees the open transaction and closes the
+			// connection.
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}
+	if undefinedTable(err) {
+		db.Forget(id) // as in InTenantTx
+	}
+	return err
+}
+
+// readPipeline reads InTenantRead's pipeline: BEGIN, the scoping, the caller's results
+// through read, and COMMIT, whose tag proves that read read them all.
+func readPipeline(br pgx.BatchResults, read func(br pgx.BatchResults) error) error {
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	if err := read(br); err != nil {
+		return err
+	}
+	tag, err := br.Exec()
+	if err != nil {
+		return err
+	}
+	if tag.String() != "COMMIT" {
+		return fmt.Errorf("tenantdb: InTenantRead's reader left results unread (next: %q)", tag.String())
+	}
+	return nil
+}
+
+// tenant returns the context's tenant once it has passed the checks every transaction
+// needs: authenticated, well-formed, and active.
+func (db *DB) tenant(ctx context.Context) (tenant.ID, error) {
+	id, ok := tenant.FromContext(ctx)
+	if !ok {
+		return "", ErrNoTenant
+	}
+	// The ID came from a verified token, but it still passes the parser before it goes
+	// near SQL: defence in depth against a future bug in what fills the context.
+	if _, err := tenant.ParseID(string(id)); err != nil {
+		return "", ErrUnknownTenant
+	}
+	if err := db.check(ctx, id); err != nil {
+		return "", err
+	}
+	return id, nil
 }
 
 // beginSQL opens the transaction and scopes it in one simple-protocol message. pg_catalog

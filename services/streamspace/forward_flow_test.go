@@ -60,7 +60,7 @@ func wantUnavailable(t *testing.T, err error, why string) {
 // cannot be reached is a retryable 503.
 func TestStreamThroughAnotherReplica(t *testing.T) {
 	w := newStreamWorld(t, nil)
-	b := startPlaneOn(t, w.Env, nil)
+	b := startPlaneOn(t, w.Env, nil, nil)
 	s := w.running(t, w.member)
 	owners := w.running(t, w.owner)
 	agent := gateway.AgentID(s.AgentID)
@@ -177,7 +177,7 @@ func TestStreamNotForwardedToStaleOwner(t *testing.T) {
 	// The first replica stamps its owner rows only when an agent connects, so the test
 	// alone ages them; the second replica keeps the default freshness bound.
 	w := newStreamWorld(t, func(s *streamspace.Settings) { s.Gateway.OwnerHeartbeat = time.Hour })
-	b := startPlaneOn(t, w.Env, nil)
+	b := startPlaneOn(t, w.Env, nil, nil)
 	s := w.running(t, w.owner)
 
 	w.setOwnerRow(t, string(s.AgentID), "owner_heartbeat = now() - $1::interval", "1 minute")

@@ -48,12 +48,13 @@ func startPlane(t testing.TB) *plane {
 // startPlaneWith is startPlane with the services' settings changed by set, if not nil.
 func startPlaneWith(t testing.TB, set func(*streamspace.Settings)) *plane {
 	t.Helper()
-	return startPlaneOn(t, tenantstest.New(t), set)
+	return startPlaneOn(t, tenantstest.New(t), set, nil)
 }
 
-// startPlaneOn is startPlaneWith on an existing database: a second plane on the database
-// of the first is another replica of every service.
-func startPlaneOn(t testing.TB, env *tenantstest.Env, set func(*streamspace.Settings)) *plane {
+// startPlaneOn is startPlaneWith on an existing database (a second plane on the database
+// of the first is another replica of every service) and with pool, if not nil, adjusting
+// the server's pool configuration (a benchmark counts round trips with it).
+func startPlaneOn(t testing.TB, env *tenantstest.Env, set func(*streamspace.Settings), pool func(*pgxpool.Config)) *plane {
 	t.Helper()
 	settings := streamspace.Settings{Identity: identity.Config{KEK: testKEK}}
 	if set != nil {
@@ -72,7 +73,7 @@ func startPlaneOn(t testing.TB, env *tenantstest.Env, set func(*streamspace.Sett
 			LogLevel: "warn", ShutdownTimeout: shutdownTimeout, MaxConns: 20, Issuer: server.DefaultIssuer, Audience: auth.DefaultAudience},
 			server.Options{Listener: ln, Before: func(ctx context.Context, pool *pgxpool.Pool) error {
 				return streamspace.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
-			}},
+			}, Pool: pool},
 			func(d server.Deps) ([]server.Module, error) {
 				mods, err := streamspace.ModulesWith(d, settings)
 				for _, m := range mods {

@@ -150,8 +150,11 @@ func (s *Store) Agent(ctx context.Context, id gateway.AgentID) (gateway.Agent, e
 func (s *Store) Agents(ctx context.Context) ([]gateway.Agent, error) {
 	out := []gateway.Agent{}
 	d, o := s.ages()
-	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+agentCols+` FROM agents ORDER BY name, id`, d, o)
+	// One round trip (tenantdb.InTenantRead): every scheduler pass reads the agents.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+agentCols+` FROM agents ORDER BY name, id`, d, o)
+	err := s.db.InTenantRead(ctx, b, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -789,9 +792,13 @@ const retiredCols = `session_id, agent_id, generation, 'deleted', '{}'::jsonb, a
 // retiredWhere, in order.
 func (s *Store) assignments(ctx context.Context, id gateway.AgentID, where, retiredWhere, order string) ([]gateway.Assignment, error) {
 	out := []gateway.Assignment{}
-	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+assignmentCols+` FROM session_assignments WHERE agent_id = $1 `+where+`
+	// One round trip (tenantdb.InTenantRead): a push reads its pending work with it, on
+	// the path from a session's create to its agent.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT `+assignmentCols+` FROM session_assignments WHERE agent_id = $1 `+where+`
 			UNION ALL SELECT `+retiredCols+` FROM session_retirements WHERE agent_id = $1 `+retiredWhere+` ORDER BY `+order, string(id))
+	err := s.db.InTenantRead(ctx, b, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}

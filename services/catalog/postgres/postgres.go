@@ -187,19 +187,33 @@ func (s *Store) List(ctx context.Context, scope catalog.Scope, q catalog.StoreQu
 // Get implements catalog.Store.
 func (s *Store) Get(ctx context.Context, scope catalog.Scope, name catalog.TemplateName, merged bool) (catalog.Template, error) {
 	var t catalog.Template
-	err := s.inScope(ctx, scope, true, func(ctx context.Context, tx pgx.Tx, table string) error {
-		sql := `SELECT '` + string(scopeOf(table)) + `', ` + columns + ` FROM ` + table + ` WHERE name = $1`
+	query := func(table string) string {
 		if scope == catalog.ScopeTenant && merged {
-			sql = `SELECT scope, ` + columns + ` FROM (
+			return `SELECT scope, ` + columns + ` FROM (
 				SELECT 0 AS rank, 'tenant' AS scope, ` + columns + ` FROM ` + tenantTable + ` WHERE name = $1
 				UNION ALL
 				SELECT 1, 'platform', ` + columns + ` FROM ` + platformTable + ` WHERE name = $1
 			) m ORDER BY rank LIMIT 1`
 		}
-		var err error
-		t, err = s.scanTemplate(tx.QueryRow(ctx, sql, string(name)))
-		return err
-	})
+		return `SELECT '` + string(scopeOf(table)) + `', ` + columns + ` FROM ` + table + ` WHERE name = $1`
+	}
+	var err error
+	if scope == catalog.ScopeTenant {
+		// One round trip instead of three: every session create reads its template.
+		b := &pgx.Batch{}
+		b.Queue(query(tenantTable), string(name))
+		err = s.db.InTenantRead(ctx, b, func(br pgx.BatchResults) error {
+			var err error
+			t, err = s.scanTemplate(br.QueryRow())
+			return err
+		})
+	} else {
+		err = s.inScope(ctx, scope, true, func(ctx context.Context, tx pgx.Tx, table string) error {
+			var err error
+			t, err = s.scanTemplate(tx.QueryRow(ctx, query(table), string(name)))
+			return err
+		})
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, notFound(name)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/auth/authtest"
@@ -46,6 +47,12 @@ type harness struct {
 
 func start(t testing.TB) *harness {
 	t.Helper()
+	return startWith(t, nil)
+}
+
+// startWith is start with pool, if not nil, adjusting the server's pool configuration.
+func startWith(t testing.TB, pool func(*pgxpool.Config)) *harness {
+	t.Helper()
 	env := tenantstest.New(t)
 	acme, _ := env.Tenant(t, "acme")
 	globex, _ := env.Tenant(t, "globex")
@@ -65,7 +72,7 @@ func start(t testing.TB) *harness {
 	go func() {
 		done <- server.Run(ctx, server.Config{Name: "sessions", Listen: "127.0.0.1:0", DatabaseURL: env.URL, LogLevel: "error",
 			ShutdownTimeout: shutdownTimeout, MaxConns: 40, Issuer: authtest.Issuer, Audience: auth.DefaultAudience},
-			server.Options{Listener: ln, OnStart: func(server.Started) { close(started) }},
+			server.Options{Listener: ln, OnStart: func(server.Started) { close(started) }, Pool: pool},
 			func(d server.Deps) ([]server.Module, error) {
 				d.Verifier = h.signer.Verifier(t)
 				m, err := module.New(d, module.Config{Interval: time.Hour})

@@ -510,8 +510,11 @@ func (s *Store) List(ctx context.Context, scope sessions.Scope, q sessions.Store
 		beforeAt, beforeID = &q.Before.CreatedAt, string(q.Before.ID)
 	}
 	out := []sessions.Session{}
-	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, listSQL, owner, string(q.Phase), q.Tag, beforeAt, beforeID, q.Limit+1)
+	// One round trip (see tenantdb.InTenantRead): a page is one statement.
+	b := &pgx.Batch{}
+	b.Queue(listSQL, owner, string(q.Phase), q.Tag, beforeAt, beforeID, q.Limit+1)
+	err := s.db.InTenantRead(ctx, b, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -676,9 +679,12 @@ func (s *Store) RecordActivity(ctx context.Context, ids []sessions.ID) error {
 // Settings implements sessions.Store.
 func (s *Store) Settings(ctx context.Context) (sessions.Settings, error) {
 	var out sessions.Settings
-	err := s.db.InTenantTx(ctx, tenantdb.TxOptions{ReadOnly: true}, func(ctx context.Context, tx pgx.Tx) error {
+	// One round trip: every create reads them (see tenantdb.InTenantRead).
+	b := &pgx.Batch{}
+	b.Queue(settingsSQL, sessions.SettingsKey)
+	err := s.db.InTenantRead(ctx, b, func(br pgx.BatchResults) error {
 		var err error
-		out, err = settings(ctx, tx)
+		out, err = decodeSettings(br.QueryRow())
 		return err
 	})
 	return out, err
