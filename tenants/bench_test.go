@@ -12,9 +12,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,25 +20,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"streamspace.dev/libs/benchenv"
 	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/tenantdb"
 	"streamspace.dev/tenants"
 	"streamspace.dev/tenants/tenantstest"
 )
-
-// benchTenants is how many tenants the provisioning and latency benchmarks create.
-func benchTenants(b *testing.B) int {
-	b.Helper()
-	s := os.Getenv("STREAMSPACE_BENCH_TENANTS")
-	if s == "" {
-		return 1000
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		b.Fatalf("STREAMSPACE_BENCH_TENANTS=%q: want a positive integer", s)
-	}
-	return n
-}
 
 // provisionWorkers is how many goroutines call Manager.Create at once: what an operator
 // onboarding tenants in bulk would reasonably run against a 2-core database.
@@ -198,7 +183,7 @@ func BenchmarkTenantDBOverhead(b *testing.B) {
 // iteration with fresh slugs, provisionWorkers at a time.
 func BenchmarkProvisioning(b *testing.B) {
 	env := tenantstest.New(b)
-	n := benchTenants(b)
+	n := benchenv.Int(b, "STREAMSPACE_BENCH_TENANTS", 1000)
 	var total time.Duration
 	b.ResetTimer()
 	for i := range b.N {
@@ -221,7 +206,7 @@ func BenchmarkProvisioning(b *testing.B) {
 // of the machine falls on both sides alike rather than on whichever was measured second.
 // Each side uses its own tenantdb.DB with the default status TTL, as services run it.
 func BenchmarkTenantReadLatency(b *testing.B) {
-	n := benchTenants(b)
+	n := benchenv.Int(b, "STREAMSPACE_BENCH_TENANTS", 1000)
 	const samples, block = 10000, 500
 	type side struct {
 		db   *tenantdb.DB

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"streamspace.dev/e2e/harness"
 	"streamspace.dev/e2e/kube"
+	"streamspace.dev/libs/benchenv"
 )
 
 // BenchmarkCreateToRunning measures, through the whole stack, the time from a client's
@@ -40,10 +40,7 @@ func BenchmarkCreateToRunning(b *testing.B) {
 	s.enroll(b, b)
 	live := s.watch(b)
 	s.createTemplate(b, "site-light", false)
-	n := 100
-	if v, err := strconv.Atoi(os.Getenv("STREAMSPACE_BENCH_SESSIONS")); err == nil && v > 0 {
-		n = v
-	}
+	n := benchenv.Int(b, "STREAMSPACE_BENCH_SESSIONS", 100)
 	for _, tpl := range []struct {
 		name string
 		home bool

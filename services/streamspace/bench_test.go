@@ -10,12 +10,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/multitracer"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -25,6 +23,7 @@ import (
 	"streamspace.dev/agent/enroll"
 	"streamspace.dev/agent/reconcile"
 	"streamspace.dev/agent/tunnel"
+	"streamspace.dev/libs/pgtest"
 	"streamspace.dev/libs/wire"
 	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/identity"
@@ -46,7 +45,7 @@ import (
 // pass, the gateway's push and the agent's acknowledgement and status), and cpu-ms, the
 // process's CPU time (the agent's included).
 func BenchmarkCreateToAgent(b *testing.B) {
-	trips := &roundTrips{}
+	trips := &pgtest.RoundTrips{}
 	p := startPlaneOn(b, tenantstest.New(b), nil, func(c *pgxpool.Config) { c.ConnConfig.Tracer = multitracer.New(c.ConnConfig.Tracer, trips) })
 	gw := p.Gateway
 	var signup identity.SignupResult
@@ -77,7 +76,7 @@ func BenchmarkCreateToAgent(b *testing.B) {
 		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	cpu0, trips0 := cpu(), trips.n.Load()
+	cpu0, trips0 := cpu(), trips.Load()
 	for b.Loop() {
 		lat = append(lat, measure())
 	}
@@ -85,7 +84,7 @@ func BenchmarkCreateToAgent(b *testing.B) {
 	// while the next was measured.
 	time.Sleep(100 * time.Millisecond)
 	n := float64(len(lat))
-	b.ReportMetric(float64(trips.n.Load()-trips0)/n, "db-rt")
+	b.ReportMetric(float64(trips.Load()-trips0)/n, "db-rt")
 	b.ReportMetric(float64((cpu()-cpu0).Microseconds())/1000/n, "cpu-ms")
 	l, _ := os.ReadFile("/proc/loadavg")
 	b.Logf("load average: %s", strings.Join(strings.Fields(string(l))[:3], " "))
@@ -194,23 +193,3 @@ func runAgent(b testing.TB, addr, enrollURL, token string, backend agent.Backend
 		rec.Wait()
 	})
 }
-
-// roundTrips counts the database round trips of a pool: a query, an exec (BEGIN and
-// COMMIT included) and a pipelined batch each cost one.
-type roundTrips struct{ n atomic.Int64 }
-
-func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-
-func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-
-func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
-
-func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}

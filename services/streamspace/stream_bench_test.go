@@ -5,15 +5,14 @@ import (
 	"crypto/rand"
 	"io"
 	"net"
-	"os"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"streamspace.dev/agent/backend/memory"
+	"streamspace.dev/libs/benchenv"
 	"streamspace.dev/libs/wire"
 )
 
@@ -43,14 +42,7 @@ func BenchmarkStreamPath(b *testing.B) {
 		}
 		return websocket.NetConn(ctx, ws, websocket.MessageBinary)
 	}
-	mib := 64
-	if v := os.Getenv("STREAMSPACE_BENCH_STREAM_MIB"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			b.Fatalf("STREAMSPACE_BENCH_STREAM_MIB=%q: want a positive number of MiB", v)
-		}
-		mib = n
-	}
+	mib := benchenv.Int(b, "STREAMSPACE_BENCH_STREAM_MIB", 64)
 	for b.Loop() {
 		gwRate, gwLat := measureStream(b, viaGateway(), mib)
 		tcpRate, tcpLat := measureStream(b, direct(), mib)

@@ -22,51 +22,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"streamspace.dev/libs/auth"
+	"streamspace.dev/libs/benchenv"
+	"streamspace.dev/libs/pgtest"
 	"streamspace.dev/services/sessions"
 	"streamspace.dev/services/sessions/postgres"
 )
-
-// benchClients returns the number of concurrent API clients of BenchmarkAPI: 50, or
-// STREAMSPACE_BENCH_CLIENTS (to see how latency grows with concurrency).
-func benchClients(b *testing.B) int {
-	s := os.Getenv("STREAMSPACE_BENCH_CLIENTS")
-	if s == "" {
-		return 50
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		b.Fatalf("STREAMSPACE_BENCH_CLIENTS=%q: want a positive integer", s)
-	}
-	return n
-}
-
-// benchConns returns STREAMSPACE_BENCH_CONNS, the server's pool size for BenchmarkAPI
-// (to compare pool sizes against the machine's cores), or 0 for the harness's 40.
-func benchConns(b *testing.B) int {
-	s := os.Getenv("STREAMSPACE_BENCH_CONNS")
-	if s == "" {
-		return 0
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		b.Fatalf("STREAMSPACE_BENCH_CONNS=%q: want a positive integer", s)
-	}
-	return n
-}
-
-// benchLoad returns STREAMSPACE_BENCH_LOAD, the offered load of BenchmarkAPI's open-loop
-// phase as a fraction of the saturation throughput it measured: 0.5 unless set.
-func benchLoad(b *testing.B) float64 {
-	s := os.Getenv("STREAMSPACE_BENCH_LOAD")
-	if s == "" {
-		return 0.5
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f <= 0 || f > 1 {
-		b.Fatalf("STREAMSPACE_BENCH_LOAD=%q: want a fraction in (0, 1]", s)
-	}
-	return f
-}
 
 // BenchmarkAPI measures the sessions API through its real HTTP transport on 127.0.0.1
 // over real PostgreSQL: 50 clients (STREAMSPACE_BENCH_CLIENTS overrides), each a member of
@@ -101,9 +61,12 @@ func benchLoad(b *testing.B) float64 {
 //
 // The load average is logged next to the figures; timings on a shared machine need it.
 func BenchmarkAPI(b *testing.B) {
-	clients := benchClients(b)
-	trips := &roundTrips{}
-	conns := benchConns(b)
+	clients := benchenv.Int(b, "STREAMSPACE_BENCH_CLIENTS", 50)
+	trips := &pgtest.RoundTrips{}
+	conns := 0 // the harness's pool size
+	if os.Getenv("STREAMSPACE_BENCH_CONNS") != "" {
+		conns = benchenv.Int(b, "STREAMSPACE_BENCH_CONNS", 0)
+	}
 	h := startWith(b, func(c *pgxpool.Config) {
 		c.ConnConfig.Tracer = multitracer.New(c.ConnConfig.Tracer, trips)
 		if conns > 0 {
@@ -230,7 +193,7 @@ func BenchmarkAPI(b *testing.B) {
 
 	// Offered load: open loop at a fraction of the pairs per second just measured. Each
 	// client sends one request every `every`, alternating create and list.
-	rate := benchLoad(b) * 2 * pairs // requests per second, both kinds
+	rate := benchenv.Fraction(b, "STREAMSPACE_BENCH_LOAD", 0.5) * 2 * pairs // requests per second, both kinds
 	every := time.Duration(float64(clients) / rate * float64(time.Second))
 	lat = run(b.N, every, create, list)
 	b.ReportMetric(rate, "open-rate/s")
@@ -259,26 +222,6 @@ func BenchmarkAPI(b *testing.B) {
 	logLoad("after")
 	b.ReportMetric(0, "ns/op") // an iteration is 50 clients' work; its time says nothing
 }
-
-// roundTrips counts the database round trips of a pool: a query, an exec (BEGIN and
-// COMMIT included) and a pipelined batch each cost one.
-type roundTrips struct{ n atomic.Int64 }
-
-func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-
-func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-
-func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
-
-func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
 // backendCPU reads the CPU time of the PostgreSQL backends connected to one database.
 type backendCPU struct {
@@ -333,10 +276,10 @@ type usage struct {
 // and the round trips so far. A backend that started since the last sample counts from
 // zero, one that ended is lost (the pool keeps its connections, so neither happens
 // much).
-func sample(pg *backendCPU, trips *roundTrips) usage {
+func sample(pg *backendCPU, trips *pgtest.RoundTrips) usage {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return usage{proc: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), pg: pg.read(), trips: trips.n.Load(), mallocs: ms.Mallocs}
+	return usage{proc: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), pg: pg.read(), trips: trips.Load(), mallocs: ms.Mallocs}
 }
