@@ -72,31 +72,8 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 	}
 	openedA, openedB := w.streamsOpened(t), b.streamsOpened(t)
 
-	// A browser: the token rides as a subprotocol.
-	ws, err := b.dial(t, s.ID, w.member, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
-	greeted(t, nc)
-	echoAtOnce(t, nc, 1<<20)
-	if err := ws.Close(websocket.StatusNormalClosure, ""); err != nil {
-		t.Fatalf("closing: %v", err)
-	}
-	// An API client: the Authorization header.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ws2, _, err := websocket.Dial(ctx, b.streamURL(s.ID, ""), &websocket.DialOptions{
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + w.owner}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc2 := websocket.NetConn(ctx, ws2, websocket.MessageBinary)
-	greeted(t, nc2)
-	if err := roundTrip(nc2, []byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	_ = ws2.Close(websocket.StatusNormalClosure, "")
+	// A browser (the token rides as a subprotocol) and an API client (the Authorization header).
+	_ = streamBothWays(t, b, s.ID, w.member, w.owner).Close()
 
 	if got := b.streamsOpened(t); got != openedB {
 		t.Fatalf("the second replica opened streams on a tunnel it does not hold: %s, was %s", got, openedB)

@@ -227,7 +227,21 @@ func TestStreamCarriesSessionBytes(t *testing.T) {
 	w := newStreamWorld(t, nil)
 	s := w.running(t, w.member)
 
-	ws, err := w.dial(t, s.ID, w.member, "")
+	nc2 := streamBothWays(t, w.plane, s.ID, w.member, w.owner)
+	// The session going away (hibernation cuts its endpoint) ends the stream.
+	w.call("POST", "/api/v1/sessions/"+string(s.ID)+"/hibernate", w.owner, nil, nil, nil, 200)
+	if _, err := io.ReadAll(nc2); err != nil {
+		t.Fatalf("stream after the session stopped: %v", err)
+	}
+}
+
+// streamBothWays opens two streams to session id through p, as the two kinds of caller
+// do: a browser's (browserToken as a subprotocol: the greeting, a 1 MiB echo, a clean
+// close) and an API client's (clientToken in the Authorization header: the greeting and
+// a round trip). It returns the API client's stream, still open.
+func streamBothWays(t *testing.T, p *plane, id sessions.ID, browserToken, clientToken string) net.Conn {
+	t.Helper()
+	ws, err := p.dial(t, id, browserToken, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,25 +251,20 @@ func TestStreamCarriesSessionBytes(t *testing.T) {
 	if err := ws.Close(websocket.StatusNormalClosure, ""); err != nil {
 		t.Fatalf("closing: %v", err)
 	}
-
-	// An API client authenticates with the header and needs no subprotocol.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ws2, _, err := websocket.Dial(ctx, w.streamURL(s.ID, ""), &websocket.DialOptions{
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + w.owner}}})
+	t.Cleanup(cancel)
+	ws2, _, err := websocket.Dial(ctx, p.streamURL(id, ""), &websocket.DialOptions{
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + clientToken}}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = ws2.CloseNow() })
 	nc2 := websocket.NetConn(ctx, ws2, websocket.MessageBinary)
 	greeted(t, nc2)
 	if err := roundTrip(nc2, []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	// The session going away (hibernation cuts its endpoint) ends the stream.
-	w.call("POST", "/api/v1/sessions/"+string(s.ID)+"/hibernate", w.owner, nil, nil, nil, 200)
-	if _, err := io.ReadAll(nc2); err != nil {
-		t.Fatalf("stream after the session stopped: %v", err)
-	}
+	return nc2
 }
 
 // TestStreamRefusals: a caller without a valid token, or who may not see the session, is
