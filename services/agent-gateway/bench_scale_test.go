@@ -125,6 +125,8 @@ type gwProc struct {
 	agents string // agents' address: QUIC and HTTPS enrollment
 	caPool *x509.CertPool
 	log    *lockedBuffer
+	// exited closes when the process has exited and its output is collected.
+	exited chan struct{}
 	// debug is the profiling endpoint's base URL, when STREAMSPACE_BENCH_PROFILE is set.
 	debug, profileDir string
 }
@@ -186,8 +188,9 @@ func startGatewayProcess(b *testing.B) *gwProc {
 
 	adminAddr, agentAddr := freeAddr(b), freeUDPTCPAddr(b)
 	g := &gwProc{env: env, admin: "http://" + adminAddr, agents: agentAddr, log: &lockedBuffer{}}
+	// The stub also stands in for the sessions service, which only browser streams ask.
 	g.cmd = exec.Command(bin, "--database-url", env.URL, "--listen", adminAddr, "--agent-listen", agentAddr,
-		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", cmp.Or(os.Getenv("STREAMSPACE_BENCH_LOG_LEVEL"), "warn"))
+		"--kek", testKEK, "--identity-url", identityURL, "--sessions-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", cmp.Or(os.Getenv("STREAMSPACE_BENCH_LOG_LEVEL"), "warn"))
 	if dir := os.Getenv("STREAMSPACE_BENCH_PROFILE"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			b.Fatal(err)
@@ -201,8 +204,15 @@ func startGatewayProcess(b *testing.B) *gwProc {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { g.stop(b) })
+	g.exited = make(chan struct{})
+	go func() { _ = g.cmd.Wait(); close(g.exited) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		select {
+		case <-g.exited:
+			b.Fatalf("agent-gateway exited before it was ready:\n%s", g.log)
+		default:
+		}
 		resp, err := http.Get(g.admin + "/readyz")
 		if err == nil {
 			resp.Body.Close()
@@ -229,17 +239,17 @@ func startGatewayProcess(b *testing.B) *gwProc {
 }
 
 func (g *gwProc) stop(b *testing.B) {
-	if g.cmd.ProcessState != nil {
+	select {
+	case <-g.exited:
 		return
+	default:
 	}
 	_ = g.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = g.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-g.exited:
 	case <-time.After(30 * time.Second):
 		_ = g.cmd.Process.Kill()
-		<-done
+		<-g.exited
 	}
 }
 

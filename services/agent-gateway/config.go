@@ -26,9 +26,14 @@ const (
 	// statement per tenant. It delays last_seen by at most this much, far below the 30 s
 	// after which a silent agent is degraded.
 	DefaultHeartbeatFlush = 3 * time.Second
-	// DefaultOwnerHeartbeat is how often a replica stamps the owner rows of its agents,
-	// and so how quickly it notices a lost claim whose NOTIFY it missed.
+	// DefaultOwnerHeartbeat is how often a replica stamps its row in
+	// platform.gateway_replicas, the liveness of every owner row naming it.
 	DefaultOwnerHeartbeat = 2 * time.Second
+	// DefaultClaimCheck is how often a replica checks, in one read, that the owner rows
+	// of its tunnels still name their connections. NOTIFY closes a superseded or deleted
+	// agent's tunnel at once and the fenced heartbeat writes within a heartbeat interval;
+	// this check only bounds how long a tunnel that neither reached stays open.
+	DefaultClaimCheck = 30 * time.Second
 	// DefaultKeepAlive is far below the 30 s UDP conntrack timeout of common firewalls
 	// (STACK.md), so an idle tunnel's state never expires on the agent's side. The agent
 	// keeps its tunnel alive at the same period; both sides pinging costs packets, but
@@ -69,8 +74,9 @@ type Config struct {
 	// OfflineAfter age a silent agent.
 	HeartbeatInterval, DegradedAfter, OfflineAfter time.Duration
 	// Resync bounds delivery delay when a NOTIFY is lost; OwnerHeartbeat paces the
-	// owner-row stamps.
-	Resync, OwnerHeartbeat time.Duration
+	// stamps of the replica's row (the liveness of its owner rows); ClaimCheck paces the
+	// check that its tunnels' owner rows still name them.
+	Resync, OwnerHeartbeat, ClaimCheck time.Duration
 	// HeartbeatFlush paces the batched heartbeat writes; by default DefaultHeartbeatFlush,
 	// or half the heartbeat interval when that is shorter.
 	HeartbeatFlush time.Duration
@@ -110,6 +116,7 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Duration(fs, &c.OfflineAfter, "agent-offline-after", "STREAMSPACE_AGENT_OFFLINE_AFTER", DefaultOfflineAfter, "silence after which an agent is offline")
 	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often the replica sweeps its agents for pending work without a notification")
 	config.Duration(fs, &c.HeartbeatFlush, "agent-heartbeat-flush", "STREAMSPACE_AGENT_HEARTBEAT_FLUSH", 0, "how often received heartbeats are written, one statement per tenant (default 3s, or half --agent-heartbeat if shorter)")
+	config.Duration(fs, &c.ClaimCheck, "agent-claim-check", "STREAMSPACE_AGENT_CLAIM_CHECK", DefaultClaimCheck, "how often the replica checks that its tunnels still own their agents, should a notification have been lost")
 	config.Int(fs, &c.ConnectConcurrency, "agent-connect-concurrency", "STREAMSPACE_AGENT_CONNECT_CONCURRENCY", DefaultConnectConcurrency, "connections that may register at once (a database transaction each); the rest queue")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
@@ -139,6 +146,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.OfflineAfter, DefaultOfflineAfter)
 	def(&c.Resync, DefaultResync)
 	def(&c.OwnerHeartbeat, DefaultOwnerHeartbeat)
+	def(&c.ClaimCheck, DefaultClaimCheck)
 	def(&c.HeartbeatFlush, min(DefaultHeartbeatFlush, c.HeartbeatInterval/2))
 	def(&c.KeepAlive, DefaultKeepAlive)
 	def(&c.IdleTimeout, DefaultIdleTimeout)

@@ -303,9 +303,14 @@ type Store interface {
 	// Claim makes o the agent's owner and announces it on the agent's channel (platform).
 	// NotFound: the agent was deleted.
 	Claim(ctx context.Context, id AgentID, o Owner) error
-	// RenewOwnership stamps the owner heartbeat of every listed agent still owned by its
-	// connection and returns the agents that are not (superseded or deleted) (platform).
-	RenewOwnership(ctx context.Context, gateway string, owned map[AgentID]string) (lost []AgentID, err error)
+	// StampReplica records that replica gateway is alive now: the liveness of every owner
+	// row naming it (platform). One row per replica, however many agents it holds.
+	StampReplica(ctx context.Context, gateway string) error
+	// RemoveReplica deletes replica gateway's row when it stops cleanly (platform).
+	RemoveReplica(ctx context.Context, gateway string) error
+	// LostClaims returns those of the listed agents that their connection (the map's
+	// value) no longer owns: superseded, released or deleted (platform, read-only).
+	LostClaims(ctx context.Context, owned map[AgentID]string) (lost []AgentID, err error)
 	// Release clears o's ownership and marks the agent offline (tenant-scoped, fenced).
 	Release(ctx context.Context, id AgentID, o Owner) error
 	// RecordHello stores the agent's facts and marks it online (tenant-scoped, fenced).

@@ -77,7 +77,7 @@ type replica struct {
 func fastConfig() gateway.Config {
 	return gateway.Config{KEK: testKEK, Listen: "127.0.0.1:0", HeartbeatInterval: 500 * time.Millisecond,
 		DegradedAfter: 2 * time.Second, OfflineAfter: 4 * time.Second, Resync: 10 * time.Second,
-		OwnerHeartbeat: 500 * time.Millisecond, RetryMin: 200 * time.Millisecond, RetryMax: time.Second,
+		OwnerHeartbeat: 500 * time.Millisecond, ClaimCheck: time.Second, RetryMin: 200 * time.Millisecond, RetryMax: time.Second,
 		KeepAlive: time.Second, IdleTimeout: 10 * time.Second}
 }
 

@@ -147,7 +147,12 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	} else if serverCert, err = ca.IssueServer(cfg.ServerNames, 365*24*time.Hour); err != nil {
 		return nil, err
 	}
+	// The replica's row exists before any owner row names it.
+	if err := o.Store.StampReplica(ctx, g.id); err != nil {
+		return nil, fmt.Errorf("registering replica %s: %w", g.id, err)
+	}
 	if err := g.listen(serverCert); err != nil {
+		_ = o.Store.RemoveReplica(ctx, g.id)
 		return nil, err
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -357,6 +362,13 @@ func (g *Gateway) Close(ctx context.Context) error {
 	g.cancel()
 	g.udp.Close()
 	g.wg.Wait()
+	// Owner rows still naming the replica (a tunnel that did not let go in time) now
+	// have no live owner.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
+	defer cancel()
+	if err := g.store.RemoveReplica(rctx, g.id); err != nil {
+		g.log.Warn("removing the replica row", "err", err)
+	}
 	return shutdownErr
 }
 
@@ -370,15 +382,41 @@ func (g *Gateway) acceptLoop() {
 	}
 }
 
-// ownerLoop stamps the owner rows of held tunnels and closes those whose claim was lost
-// without this replica hearing the NOTIFY: a superseding connection, or a deletion.
-func (g *Gateway) ownerLoop() { g.every(g.cfg.OwnerHeartbeat, g.renewOwnership) }
+// ownerLoop keeps this replica's claims honest. Every OwnerHeartbeat it stamps the
+// replica's row, the liveness of all its owner rows at once (one row written, however
+// many agents it holds). Every ClaimCheck, and at once when the LISTEN connection was
+// re-established, it checks, reading only, that its tunnels' claims still hold, and
+// closes those lost without this replica hearing the NOTIFY: a superseding connection,
+// or a deletion. Between checks the batched heartbeat writes, fenced per beat, catch a
+// lost claim within a heartbeat interval too.
+func (g *Gateway) ownerLoop() {
+	stamp := time.NewTicker(g.cfg.OwnerHeartbeat)
+	defer stamp.Stop()
+	check := time.NewTicker(g.cfg.ClaimCheck)
+	defer check.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-stamp.C:
+			if err := g.store.StampReplica(g.ctx, g.id); err != nil && g.ctx.Err() == nil {
+				g.log.Warn("stamping the replica row", "err", err)
+			}
+		case <-check.C:
+			g.checkClaims()
+		case <-g.hub.recheck:
+			g.checkClaims()
+		}
+	}
+}
 
-func (g *Gateway) renewOwnership() {
+func (g *Gateway) checkClaims() {
 	owned := g.hub.owned()
-	lost, err := g.store.RenewOwnership(g.ctx, g.id, owned)
+	lost, err := g.store.LostClaims(g.ctx, owned)
 	if err != nil {
-		g.log.Warn("renewing owner rows", "err", err)
+		if g.ctx.Err() == nil {
+			g.log.Warn("checking owner rows", "err", err)
+		}
 		return
 	}
 	for _, id := range lost {

@@ -21,7 +21,7 @@ import (
 
 func TestDeleteAgentClosesTunnelAndRevokesCertificate(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, 1, func(c *gateway.Config) { c.OwnerHeartbeat = time.Minute }) // only NOTIFY or the local path
+	h := newHarness(t, 1, func(c *gateway.Config) { c.ClaimCheck = time.Minute }) // only NOTIFY or the local path
 	_, ctx := h.tenant("acme")
 	e := h.enroll(h.gw(), h.token(ctx, "doomed"))
 	ag := h.connect(h.gw(), e)
@@ -397,7 +397,7 @@ func helloOnce(t *testing.T, addr string, e enrolled, edit func(*wire.Hello)) (w
 func TestRegistryFailureIsRetryableNotARefusal(t *testing.T) {
 	t.Parallel()
 	// No owner loop during the test: its lookups would blur the counts below.
-	h := newHarness(t, 0, func(c *gateway.Config) { c.OwnerHeartbeat = time.Hour })
+	h := newHarness(t, 0, func(c *gateway.Config) { c.ClaimCheck = time.Hour })
 	_, ctx := h.tenant("acme")
 	flaky := &flakyStore{Store: h.store}
 	gw := h.addReplica(flaky).gw

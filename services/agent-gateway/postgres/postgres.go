@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -223,7 +222,7 @@ func (s *Store) DirectoryTenant(ctx context.Context, id gateway.AgentID) (tenant
 func (s *Store) Claim(ctx context.Context, id gateway.AgentID, o gateway.Owner) error {
 	return pgx.BeginFunc(ctx, s.db.Pool(), func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE platform.agent_directory
-			SET owner_gateway = $2, owner_conn = $3, owner_since = now(), owner_heartbeat = now()
+			SET owner_gateway = $2, owner_conn = $3, owner_since = now()
 			WHERE agent_id = $1`, string(id), o.Gateway, o.Conn)
 		if err != nil {
 			return err
@@ -236,8 +235,24 @@ func (s *Store) Claim(ctx context.Context, id gateway.AgentID, o gateway.Owner) 
 	})
 }
 
-// RenewOwnership implements gateway.Store.
-func (s *Store) RenewOwnership(ctx context.Context, gw string, owned map[gateway.AgentID]string) ([]gateway.AgentID, error) {
+// StampReplica implements gateway.Store.
+func (s *Store) StampReplica(ctx context.Context, gw string) error {
+	_, err := s.db.Pool().Exec(ctx, `INSERT INTO platform.gateway_replicas (id, heartbeat) VALUES ($1, now())
+		ON CONFLICT (id) DO UPDATE SET heartbeat = now()`, gw)
+	return err
+}
+
+// RemoveReplica implements gateway.Store. Rows of replicas that died without removing
+// theirs, silent for a day, go with it.
+func (s *Store) RemoveReplica(ctx context.Context, gw string) error {
+	_, err := s.db.Pool().Exec(ctx, `DELETE FROM platform.gateway_replicas
+		WHERE id = $1 OR heartbeat < now() - interval '1 day'`, gw)
+	return err
+}
+
+// LostClaims implements gateway.Store. It only reads, and returns only the lost claims,
+// so checking 10,000 held claims writes nothing and sends back nothing when all hold.
+func (s *Store) LostClaims(ctx context.Context, owned map[gateway.AgentID]string) ([]gateway.AgentID, error) {
 	if len(owned) == 0 {
 		return nil, nil
 	}
@@ -247,18 +262,14 @@ func (s *Store) RenewOwnership(ctx context.Context, gw string, owned map[gateway
 		ids = append(ids, string(id))
 		conns = append(conns, c)
 	}
-	rows, err := s.db.Pool().Query(ctx, `UPDATE platform.agent_directory d SET owner_heartbeat = now()
-		FROM unnest($1::text[], $2::text[]) AS o(agent_id, conn)
-		WHERE d.agent_id = o.agent_id AND d.owner_conn = o.conn AND d.owner_gateway = $3
-		RETURNING d.agent_id`, ids, conns, gw)
+	rows, err := s.db.Pool().Query(ctx, `SELECT o.agent_id FROM unnest($1::text[], $2::text[]) AS o(agent_id, conn)
+		WHERE NOT EXISTS (SELECT 1 FROM platform.agent_directory d WHERE d.agent_id = o.agent_id AND d.owner_conn = o.conn)`,
+		ids, conns)
 	if err != nil {
 		return nil, err
 	}
-	kept, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, err
-	}
-	return missing(kept, maps.Keys(owned)), nil
+	lost, err := pgx.CollectRows(rows, pgx.RowTo[gateway.AgentID])
+	return lost, err
 }
 
 // missing returns the ids that are not in kept, the rows a fenced statement changed.
@@ -346,7 +357,7 @@ func (s *Store) Connect(ctx context.Context, id gateway.AgentID, o gateway.Owner
 			WHERE id = $1`, string(id), h.Version, tags, string(facts),
 			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions, o.Gateway)
 		b.Queue(`UPDATE platform.agent_directory
-			SET owner_gateway = $2, owner_conn = $3, owner_since = now(), owner_heartbeat = now()
+			SET owner_gateway = $2, owner_conn = $3, owner_since = now()
 			WHERE agent_id = $1 AND tenant_id = $4`, string(id), o.Gateway, o.Conn, string(currentTenant(ctx)))
 		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentChannel(id), gateway.NotifyOwner+o.Conn)
 		// Placement reads what an agent can host and whether it is online: announce it.

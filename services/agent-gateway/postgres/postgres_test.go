@@ -2,8 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
@@ -77,15 +80,16 @@ func TestTenantIsolation(t *testing.T) {
 	}
 }
 
-// Renewing ownership reports exactly the agents whose claim was lost.
+// The claim check reports exactly the agents whose claim was lost: superseded, released
+// or deleted.
 func TestOwnership(t *testing.T) {
 	t.Parallel()
 	env := tenantstest.New(t)
 	a, _ := env.Tenant(t, "alpha")
 	s := postgres.New(env.DB, postgres.Thresholds{})
 	ctx := ctxOf(a.ID)
-	x, y := gateway.NewAgentID(), gateway.NewAgentID()
-	for _, id := range []gateway.AgentID{x, y} {
+	x, y, z := gateway.NewAgentID(), gateway.NewAgentID(), gateway.NewAgentID()
+	for _, id := range []gateway.AgentID{x, y, z} {
 		if err := s.CreateAgent(ctx, gateway.Agent{ID: id, Name: string(id)}, ""); err != nil {
 			t.Fatal(err)
 		}
@@ -96,10 +100,20 @@ func TestOwnership(t *testing.T) {
 	if err := s.Claim(context.Background(), y, gateway.Owner{Gateway: "gw-1", Conn: "new"}); err != nil {
 		t.Fatal(err)
 	}
-	lost, err := s.RenewOwnership(context.Background(), "gw-0", map[gateway.AgentID]string{x: "old-" + string(x), y: "old-" + string(y)})
+	held := map[gateway.AgentID]string{x: "old-" + string(x), y: "old-" + string(y), z: "old-" + string(z)}
+	lost, err := s.LostClaims(context.Background(), held)
 	if err != nil || len(lost) != 1 || lost[0] != y {
 		t.Fatalf("lost %v %v, want [%s]", lost, err, y)
 	}
+	if err := s.DeleteAgent(ctx, z); err != nil {
+		t.Fatal(err)
+	}
+	lost, err = s.LostClaims(context.Background(), held)
+	slices.Sort(lost)
+	if want := []gateway.AgentID{y, z}; err != nil || !slices.Equal(lost, slices.Sorted(slices.Values(want))) {
+		t.Fatalf("after a deletion: lost %v %v, want %v", lost, err, want)
+	}
+	delete(held, z)
 	// The superseded connection's writes are fenced off, one beat of a batch at a time.
 	lost, err = s.RecordHeartbeats(ctx, []gateway.Beat{
 		{Agent: x, Conn: "old-" + string(x), Capacity: gateway.Capacity{Sessions: 3}},
@@ -116,8 +130,55 @@ func TestOwnership(t *testing.T) {
 	if err := s.Release(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}); err != gateway.ErrNotOwner {
 		t.Fatalf("stale release: %v", err)
 	}
+	if err := s.Release(ctx, x, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(x)}); err != nil {
+		t.Fatal(err)
+	}
+	if lost, err := s.LostClaims(context.Background(), map[gateway.AgentID]string{x: "old-" + string(x)}); err != nil || len(lost) != 1 {
+		t.Fatalf("after its release: lost %v %v, want [%s]", lost, err, x)
+	}
 	if err := s.Claim(context.Background(), gateway.NewAgentID(), gateway.Owner{Gateway: "gw", Conn: "c"}); !apperr.IsCode(err, apperr.NotFound) {
 		t.Fatalf("claiming an unknown agent: %v", err)
+	}
+}
+
+// A replica's row is created by its first stamp and advanced by the next; removing it
+// also removes rows of replicas silent for a day, and nothing else.
+func TestReplicaRows(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	bg := context.Background()
+	stamp := func(id string) time.Time {
+		t.Helper()
+		var at time.Time
+		if err := env.Pool.QueryRow(bg, `SELECT heartbeat FROM platform.gateway_replicas WHERE id = $1`, id).Scan(&at); err != nil {
+			t.Fatalf("replica %s: %v", id, err)
+		}
+		return at
+	}
+	for _, id := range []string{"gw-a", "gw-b", "gw-dead"} {
+		if err := s.StampReplica(bg, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := stamp("gw-a")
+	// now() is the transaction's start: a later statement stamps a later time.
+	if err := s.StampReplica(bg, "gw-a"); err != nil {
+		t.Fatal(err)
+	}
+	if again := stamp("gw-a"); !again.After(first) {
+		t.Fatalf("second stamp %v, first %v", again, first)
+	}
+	if _, err := env.Pool.Exec(bg, `UPDATE platform.gateway_replicas SET heartbeat = now() - interval '25 hours' WHERE id = 'gw-dead'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveReplica(bg, "gw-a"); err != nil {
+		t.Fatal(err)
+	}
+	rows, _ := env.Pool.Query(bg, `SELECT id FROM platform.gateway_replicas ORDER BY id`)
+	left, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || !slices.Equal(left, []string{"gw-b"}) {
+		t.Fatalf("replicas left %v %v, want [gw-b]", left, err)
 	}
 }
 
