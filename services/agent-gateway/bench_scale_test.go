@@ -78,7 +78,7 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 
 		// Settle, then the baseline: everything but the agents' connections is in place.
 		time.Sleep(2 * time.Second)
-		rss0, heap0 := gw.rss(b), gw.heapInuse(b)
+		rss0, heap0, go0 := gw.rss(b), gw.heapInuse(b), gw.goStats(b)
 
 		began = time.Now()
 		// The first 20 s of connecting, when profiling: where a storm's time goes.
@@ -90,7 +90,7 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 
 		// Let a few heartbeat rounds and keep-alives pass, and the GC find its level.
 		time.Sleep(15 * time.Second)
-		rss1, heap1 := gw.rss(b), gw.heapInuse(b)
+		rss1, heap1, go1 := gw.rss(b), gw.heapInuse(b), gw.goStats(b)
 		cpu0, wall0 := gw.cpu(b), time.Now()
 		profiled := gw.profile(b, "cpu", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(window.Seconds())))
 		time.Sleep(window)
@@ -108,7 +108,14 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		if heap0 >= 0 && heap1 >= 0 {
 			b.ReportMetric(float64(heap1-heap0)/float64(n)/1024, "heap_KiB/agent")
 		}
+		if go0.goroutines >= 0 && go1.goroutines >= 0 {
+			b.ReportMetric(float64(go1.goroutines-go0.goroutines)/float64(n), "goroutines/agent")
+			b.ReportMetric(float64(go1.stackInuse-go0.stackInuse)/float64(n)/1024, "stack_KiB/agent")
+		}
 		b.ReportMetric(100*(cpu1-cpu0).Seconds()/wall1.Sub(wall0).Seconds(), "gw_cpu_%core")
+		// The same CPU per agent: less sensitive to how busy the machine is than the
+		// share of a core, though a busy machine still batches packets differently.
+		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/wall1.Sub(wall0).Seconds()/float64(n), "gw_cpu_us/agent/s")
 		b.ReportMetric(enrolled.Seconds(), "enroll_s")
 		b.ReportMetric(connected.Seconds(), "connect_s")
 		b.ReportMetric(float64(fleet.beats.Load()), "heartbeats_sent")
@@ -324,7 +331,18 @@ func (g *gwProc) cpu(b *testing.B) time.Duration {
 
 // heapInuse is go_memstats_heap_inuse_bytes from the gateway's /metrics, or -1 when it
 // does not export the Go collector.
-func (g *gwProc) heapInuse(b *testing.B) int64 {
+func (g *gwProc) heapInuse(b *testing.B) int64 { return g.metric(b, "go_memstats_heap_inuse_bytes") }
+
+// goStats is what the gateway's Go collector says about its goroutines and their stacks,
+// or -1s when it does not export it.
+type goStats struct{ goroutines, stackInuse int64 }
+
+func (g *gwProc) goStats(b *testing.B) goStats {
+	return goStats{goroutines: g.metric(b, "go_goroutines"), stackInuse: g.metric(b, "go_memstats_stack_inuse_bytes")}
+}
+
+// metric is the value of the unlabelled metric name on the gateway's /metrics, or -1.
+func (g *gwProc) metric(b *testing.B, name string) int64 {
 	b.Helper()
 	resp, err := http.Get(g.admin + "/metrics")
 	if err != nil {
@@ -333,7 +351,7 @@ func (g *gwProc) heapInuse(b *testing.B) int64 {
 	defer resp.Body.Close()
 	s := bufio.NewScanner(resp.Body)
 	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "go_memstats_heap_inuse_bytes "); ok {
+		if rest, ok := strings.CutPrefix(s.Text(), name+" "); ok {
 			v, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
 			return int64(v)
 		}

@@ -583,13 +583,20 @@ type agentConn struct {
 	accepted wire.Version
 
 	ctrl *wire.Writer // set once the control stream is open
-	wake chan struct{}
 	done chan struct{}
 
 	closeOnce sync.Once
 
 	mu       sync.Mutex
 	inflight map[SessionID]*flight
+	// A tunnel's pushes run on a goroutine that exists only while there is something to
+	// push, so an idle tunnel costs no goroutine (nor timer) for them. Under mu: pushing
+	// says that goroutine runs (or, before the first push, is yet to start), again that
+	// it was poked meanwhile and runs once more, stopped that the tunnel ended; retry
+	// pokes it when the earliest unacknowledged push falls due.
+	pushing, again, stopped bool
+	retry                   *time.Timer
+	pushes                  sync.WaitGroup
 }
 
 // flight is one pushed generation awaiting its ack.
@@ -608,10 +615,18 @@ func (c *agentConn) sys(ctx context.Context) context.Context {
 	return auth.AsSystem(ctx, c.id.Tenant, "agent:"+string(c.id.Agent))
 }
 
+// poke asks for a push of pending work: NOTIFY, the sweep or a retry falling due.
 func (c *agentConn) poke() {
-	select {
-	case c.wake <- struct{}{}:
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.stopped:
+	case c.pushing:
+		c.again = true
 	default:
+		c.pushing = true
+		c.pushes.Add(1)
+		go c.runPushes(nil)
 	}
 }
 
@@ -674,7 +689,8 @@ func (g *Gateway) serve(qc *quic.Conn) {
 		return
 	}
 	c := &agentConn{g: g, qc: qc, id: id, connID: randomToken(12),
-		wake: make(chan struct{}, 1), done: make(chan struct{}), inflight: map[SessionID]*flight{}}
+		done: make(chan struct{}), inflight: map[SessionID]*flight{},
+		pushing: true} // pokes before the first push wait for it: the full set goes first
 	c.owner = Owner{Gateway: g.id, Conn: c.connID}
 	c.log = g.log.With("tenant_id", id.Tenant, "agent_id", id.Agent, "conn", c.connID, "remote", qc.RemoteAddr().String())
 	defer close(c.done)
@@ -695,10 +711,18 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	g.metrics.tunnels.Inc()
 	defer g.metrics.tunnels.Dec()
 	var wg sync.WaitGroup
-	wg.Go(func() { c.pushLoop(ctx, held.set, held.current) })
+	c.pushes.Add(1)
+	go c.runPushes(func() { c.pushFirst(ctx, held.set, held.current) })
 	wg.Go(func() { c.acceptStreams(ctx) })
 	c.readControl(ctx, held.r)
 	c.close(closeDone)
+	c.mu.Lock()
+	c.stopped = true
+	if c.retry != nil {
+		c.retry.Stop()
+	}
+	c.mu.Unlock()
+	c.pushes.Wait()
 	wg.Wait()
 }
 
@@ -1036,42 +1060,62 @@ func (c *agentConn) serveAgentStream(ctx context.Context, st *quic.Stream) {
 	_ = wireotel.Write(mctx, w, &wire.CertRenewResponse{CertificatePEM: resp})
 }
 
-// pushLoop delivers the full set once (or, when the agent's applied set is already
-// current, only its unacknowledged part), then pending work whenever told (NOTIFY, the
-// replica's sweep) and when a retry falls due. An idle tunnel has no timer: the sweep
-// wakes it if a notification was lost.
-func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool) {
+// pushFirst delivers the full set once or, when the agent's applied set is already
+// current, only its unacknowledged part. After it, runPushes pushes pending work whenever
+// poked (NOTIFY, the replica's sweep) and when a retry falls due. An idle tunnel has no
+// timer: the sweep wakes it if a notification was lost.
+func (c *agentConn) pushFirst(ctx context.Context, set []Assignment, current bool) {
 	if current {
 		c.pushUnacked(ctx, set)
 	} else {
 		c.pushFull(ctx, set)
 	}
+}
+
+// runPushes runs first (if any) and then pushPending once, and again for as long as the
+// tunnel was poked meanwhile; then it arms the retry timer if anything awaits an ack, and
+// ends.
+func (c *agentConn) runPushes(first func()) {
+	defer c.pushes.Done()
+	ctx := c.qc.Context()
+	if first != nil {
+		first()
+	} else {
+		c.pushPending(ctx)
+	}
 	for {
-		var due <-chan time.Time
-		var t *time.Timer
-		if wait, ok := c.nextRetry(); ok {
-			t = time.NewTimer(wait)
-			due = t.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-c.wake:
-		case <-due:
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if ctx.Err() != nil {
+		c.mu.Lock()
+		if !c.again || c.stopped || ctx.Err() != nil {
+			c.pushing, c.again = false, false
+			c.armRetry()
+			c.mu.Unlock()
 			return
 		}
+		c.again = false
+		c.mu.Unlock()
 		c.pushPending(ctx)
 	}
 }
 
-// nextRetry is the time until the earliest retry; false when nothing awaits an ack.
+// armRetry sets the retry timer to the earliest unacknowledged push, or stops it when
+// nothing awaits an ack. c.mu is held.
+func (c *agentConn) armRetry() {
+	wait, ok := c.nextRetry()
+	switch {
+	case !ok || c.stopped:
+		if c.retry != nil {
+			c.retry.Stop()
+		}
+	case c.retry == nil:
+		c.retry = time.AfterFunc(wait, c.poke)
+	default:
+		c.retry.Reset(wait)
+	}
+}
+
+// nextRetry is the time until the earliest retry; false when nothing awaits an ack. c.mu
+// is held.
 func (c *agentConn) nextRetry() (time.Duration, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	wait, waiting := time.Duration(1<<63-1), false
 	now := time.Now()
 	for _, f := range c.inflight {
