@@ -57,7 +57,10 @@ const agentsPerSocket = 1000
 // (default 30 s, three heartbeat rounds; STREAMSPACE_BENCH_WINDOW overrides) divided by
 // the window. PostgreSQL's own CPU is not counted. With STREAMSPACE_BENCH_PROFILE=DIR the
 // gateway also serves --debug-listen, and DIR receives its CPU profile of the window and
-// its heap and goroutine profiles after it. Identity is replaced by a stub that
+// its heap and goroutine profiles after it; STREAMSPACE_BENCH_GATEWAY_ENV adds
+// space-separated KEY=VALUE settings to the gateway's environment only (GOGC=50,
+// GOMEMLIMIT=...). Besides RSS and heap it reports the goroutines and stack bytes per
+// agent and the CPU per agent and second. Identity is replaced by a stub that
 // validates enrollment tokens, since only the gateway is measured. Run with
 // -benchtime=1x; goals (issue 5): at most 100 KiB per agent and 25% of one core.
 func BenchmarkScaleIdleAgents(b *testing.B) {
@@ -81,10 +84,12 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		rss0, heap0, go0 := gw.rss(b), gw.heapInuse(b), gw.goStats(b)
 
 		began = time.Now()
+		connectCPU := gw.cpu(b)
 		// The first 20 s of connecting, when profiling: where a storm's time goes.
 		connecting := gw.profile(b, "connect-cpu", "/debug/pprof/profile?seconds=20")
 		fleet := connectMany(b, gw, ids)
 		connected := time.Since(began)
+		connectCPU = gw.cpu(b) - connectCPU
 		<-connecting
 		defer fleet.close()
 
@@ -118,6 +123,7 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/wall1.Sub(wall0).Seconds()/float64(n), "gw_cpu_us/agent/s")
 		b.ReportMetric(enrolled.Seconds(), "enroll_s")
 		b.ReportMetric(connected.Seconds(), "connect_s")
+		b.ReportMetric(float64(connectCPU.Microseconds())/1000/float64(n), "gw_cpu_ms/connect")
 		b.ReportMetric(float64(fleet.beats.Load()), "heartbeats_sent")
 		b.ReportMetric(float64(fleet.retries.Load()), "dial_retries")
 		gw.stop(b)
@@ -205,6 +211,10 @@ func startGatewayProcess(b *testing.B) *gwProc {
 		debugAddr := freeAddr(b)
 		g.debug, g.profileDir = "http://"+debugAddr, dir
 		g.cmd.Args = append(g.cmd.Args, "--debug-listen", debugAddr)
+	}
+	// Runtime settings for the gateway alone (GOGC, GOMEMLIMIT), not the load generator.
+	if extra := strings.Fields(os.Getenv("STREAMSPACE_BENCH_GATEWAY_ENV")); len(extra) > 0 {
+		g.cmd.Env = append(os.Environ(), extra...)
 	}
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {

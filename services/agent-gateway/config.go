@@ -50,6 +50,10 @@ const (
 	// machine: 8 (under half the default 20-connection pool) took 52 s to bring every
 	// agent back, 64 took 26 s, so the pool itself is left to be the tighter bound.
 	DefaultConnectConcurrency = 64
+	// DefaultHandshakeConcurrency is how many connections may be between their first
+	// packet and their HelloAck at once (TLS, the registry check, Hello, registration);
+	// more are refused at once and retried by the agents with backoff.
+	DefaultHandshakeConcurrency = 64
 )
 
 // Config is the gateway's own settings, beside the common server.Config.
@@ -91,6 +95,9 @@ type Config struct {
 	SessionsURL string
 	// ConnectConcurrency bounds the connections registering at once; the rest queue.
 	ConnectConcurrency int
+	// HandshakeConcurrency bounds the connections between their first packet and their
+	// HelloAck; more are refused (QUIC CONNECTION_REFUSED) and the agents retry.
+	HandshakeConcurrency int
 
 	// serverNames holds the raw --agent-server-names until withDefaults splits it.
 	serverNames *string
@@ -118,6 +125,7 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Duration(fs, &c.HeartbeatFlush, "agent-heartbeat-flush", "STREAMSPACE_AGENT_HEARTBEAT_FLUSH", 0, "how often received heartbeats are written, one statement per tenant (default 3s, or half --agent-heartbeat if shorter)")
 	config.Duration(fs, &c.ClaimCheck, "agent-claim-check", "STREAMSPACE_AGENT_CLAIM_CHECK", DefaultClaimCheck, "how often the replica checks that its tunnels still own their agents, should a notification have been lost")
 	config.Int(fs, &c.ConnectConcurrency, "agent-connect-concurrency", "STREAMSPACE_AGENT_CONNECT_CONCURRENCY", DefaultConnectConcurrency, "connections that may register at once (a database transaction each); the rest queue")
+	config.Int(fs, &c.HandshakeConcurrency, "agent-handshake-concurrency", "STREAMSPACE_AGENT_HANDSHAKE_CONCURRENCY", DefaultHandshakeConcurrency, "connections that may be handshaking (TLS to HelloAck) at once; more are refused and the agents retry with backoff")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
 	config.Duration(fs, &c.TrafficFlush, "traffic-flush", "STREAMSPACE_TRAFFIC_FLUSH", DefaultTrafficFlush, "how often session traffic (bytes, last activity) is written to the database")
@@ -155,6 +163,9 @@ func (c Config) WithDefaults() Config {
 	def(&c.TrafficFlush, DefaultTrafficFlush)
 	if c.ConnectConcurrency <= 0 {
 		c.ConnectConcurrency = DefaultConnectConcurrency
+	}
+	if c.HandshakeConcurrency <= 0 {
+		c.HandshakeConcurrency = DefaultHandshakeConcurrency
 	}
 	return c
 }

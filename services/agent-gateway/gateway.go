@@ -313,6 +313,10 @@ type Store interface {
 	LostClaims(ctx context.Context, owned map[AgentID]string) (lost []AgentID, err error)
 	// Release clears o's ownership and marks the agent offline (tenant-scoped, fenced).
 	Release(ctx context.Context, id AgentID, o Owner) error
+	// ReleaseMany is Release for many agents of the context's tenant in one transaction,
+	// each fenced by its connection (the map's value); agents no longer owned by theirs
+	// are left alone (tenant-scoped).
+	ReleaseMany(ctx context.Context, owned map[AgentID]string) error
 	// RecordHello stores the agent's facts and marks it online (tenant-scoped, fenced).
 	RecordHello(ctx context.Context, id AgentID, o Owner, h Hello) error
 	// Connect is a connection's start in one transaction: Claim, RecordHello and

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -86,8 +87,19 @@ type Gateway struct {
 	beats    beats
 	// admit holds a token per connection between its Hello and its HelloAck.
 	admit chan struct{}
+	// handshakes holds a token per connection from its first packet until its HelloAck
+	// or its failure; see admitHandshake.
+	handshakes chan struct{}
+
+	// draining is set when Close begins: tunnels ending from then on leave the release
+	// of their owner rows to Close, which releases them all in one transaction per
+	// tenant instead of one each.
+	draining atomic.Bool
+	drainMu  sync.Mutex
+	drained  map[tenant.ID]map[AgentID]string
 
 	udp   net.PacketConn
+	tr    *quic.Transport
 	ql    *quic.Listener
 	tcp   net.Listener
 	https *http.Server
@@ -137,6 +149,7 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 		log: o.Logger.With("gateway_id", cfg.GatewayID), tracer: tp.Tracer("streamspace.dev/services/agent-gateway")}
 	g.hub = newHub(g.log, o.ConnConfig)
 	g.admit = make(chan struct{}, cfg.ConnectConcurrency)
+	g.handshakes = make(chan struct{}, cfg.HandshakeConcurrency)
 	g.metrics = newMetrics(o.Registry)
 
 	var serverCert tls.Certificate
@@ -187,7 +200,10 @@ func (g *Gateway) listen(cert tls.Certificate) error {
 		// active. A deleted agent's certificate fails here, on every replica, at once.
 		VerifyConnection: g.verifyAgent,
 	}
-	ql, err := quic.Listen(udp, tlsConf, &quic.Config{
+	// The transport outlives the listener: closing the listener at the start of a drain
+	// stops new connections while the held ones are told goodbye.
+	tr := &quic.Transport{Conn: udp, ConnContext: g.admitHandshake}
+	ql, err := tr.Listen(tlsConf, &quic.Config{
 		KeepAlivePeriod:       g.cfg.KeepAlive,
 		MaxIdleTimeout:        g.cfg.IdleTimeout,
 		HandshakeIdleTimeout:  5 * time.Second,
@@ -199,7 +215,7 @@ func (g *Gateway) listen(cert tls.Certificate) error {
 		tcp.Close()
 		return err
 	}
-	g.udp, g.ql = udp, ql
+	g.udp, g.tr, g.ql = udp, tr, ql
 	g.tcp = tls.NewListener(tcp, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
 		NextProtos: []string{"h2", "http/1.1"}})
 	g.https = &http.Server{Handler: g.enrollHandler(), ReadHeaderTimeout: 10 * time.Second,
@@ -346,6 +362,7 @@ func (g *Gateway) Revoke(id AgentID) {
 // Close drains the replica: agents are told to reconnect elsewhere, ownership is
 // released, and the listeners close.
 func (g *Gateway) Close(ctx context.Context) error {
+	g.draining.Store(true)
 	g.ql.Close()
 	shutdownErr := g.https.Shutdown(ctx)
 	var wg sync.WaitGroup
@@ -360,16 +377,81 @@ func (g *Gateway) Close(ctx context.Context) error {
 	}
 	// Closing the socket also ends handshakes still in flight, which hold no claim yet.
 	g.cancel()
+	g.tr.Close()
 	g.udp.Close()
 	g.wg.Wait()
-	// Owner rows still naming the replica (a tunnel that did not let go in time) now
-	// have no live owner.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
+	// Every tunnel has ended; those that ended during the drain are released together.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
+	for tid, owned := range g.drained {
+		if err := g.store.ReleaseMany(auth.AsSystem(rctx, tid, "gateway:"+g.id), owned); err != nil {
+			g.log.Warn("releasing owner rows", "tenant_id", tid, "count", len(owned), "err", err)
+		}
+	}
+	// Owner rows still naming the replica (a release that failed) now have no live owner.
 	if err := g.store.RemoveReplica(rctx, g.id); err != nil {
 		g.log.Warn("removing the replica row", "err", err)
 	}
 	return shutdownErr
+}
+
+// errBusy refuses a connection beyond the handshake limit.
+var errBusy = errors.New("too many handshakes in progress")
+
+// admitHandshake is the QUIC transport's ConnContext: it runs at a connection's first
+// packet, before any cryptography, and lets at most HandshakeConcurrency connections be
+// between that packet and their HelloAck. A connection beyond the limit is refused at
+// once with CONNECTION_REFUSED, which the agent retries with its jittered backoff. A
+// storm of reconnecting agents is so served a bounded number at a time, each
+// handshake getting the CPU to finish well within the agent's handshake timeout;
+// unbounded, every handshake of a storm on a busy machine shares the CPU until most
+// time out and all of that work is lost.
+func (g *Gateway) admitHandshake(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	select {
+	case g.handshakes <- struct{}{}:
+	default:
+		g.metrics.busy.Inc()
+		return nil, errBusy
+	}
+	t := &handshakeToken{g: g}
+	// A connection that fails before serve takes over returns its token when it closes.
+	context.AfterFunc(ctx, t.release)
+	return context.WithValue(ctx, handshakeTokenKey{}, t), nil
+}
+
+// handshakeToken is one connection's place among the handshakes in progress.
+type handshakeToken struct {
+	g    *Gateway
+	once sync.Once
+}
+
+type handshakeTokenKey struct{}
+
+func (t *handshakeToken) release() { t.once.Do(func() { <-t.g.handshakes }) }
+
+// handshakeDone returns the token of qc's handshake, if it holds one.
+func handshakeDone(qc *quic.Conn) {
+	if t, ok := qc.Context().Value(handshakeTokenKey{}).(*handshakeToken); ok {
+		t.release()
+	}
+}
+
+// releaseLater leaves the release of c's owner row to Close when the replica is
+// draining, and reports whether it did.
+func (g *Gateway) releaseLater(c *agentConn) bool {
+	if !g.draining.Load() {
+		return false
+	}
+	g.drainMu.Lock()
+	defer g.drainMu.Unlock()
+	if g.drained == nil {
+		g.drained = map[tenant.ID]map[AgentID]string{}
+	}
+	if g.drained[c.id.Tenant] == nil {
+		g.drained[c.id.Tenant] = map[AgentID]string{}
+	}
+	g.drained[c.id.Tenant][c.id.Agent] = c.connID
+	return true
 }
 
 func (g *Gateway) acceptLoop() {
@@ -697,6 +779,7 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	ctx := qc.Context()
 
 	held, err := c.handshake(ctx, g.verified.take(leaf))
+	handshakeDone(qc)
 	if err != nil {
 		return
 	}
@@ -704,6 +787,9 @@ func (g *Gateway) serve(qc *quic.Conn) {
 		c.close(closeDone)
 		g.hub.remove(c)
 		g.beats.forget(c)
+		if g.releaseLater(c) {
+			return
+		}
 		if err := g.store.Release(c.sys(context.WithoutCancel(ctx)), id.Agent, c.owner); err != nil && !errors.Is(err, ErrNotOwner) {
 			c.log.Warn("releasing the owner row", "err", err)
 		}

@@ -309,6 +309,41 @@ func (s *Store) Release(ctx context.Context, id gateway.AgentID, o gateway.Owner
 	})
 }
 
+// ReleaseMany implements gateway.Store. Like RecordHeartbeats it locks the agents' rows in
+// id order before their directory rows, so it never deadlocks with a heartbeat flush, a
+// Connect or a deletion; the batch is announced once.
+func (s *Store) ReleaseMany(ctx context.Context, owned map[gateway.AgentID]string) error {
+	if len(owned) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(owned))
+	conns := make([]string, 0, len(owned))
+	for id, c := range owned {
+		ids = append(ids, string(id))
+		conns = append(conns, c)
+	}
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `WITH o AS (SELECT * FROM unnest($1::text[], $2::text[]) AS o(id, conn)),
+			mine AS (
+				SELECT a.id FROM agents a JOIN o ON a.id = o.id
+				WHERE EXISTS (SELECT 1 FROM platform.agent_directory d WHERE d.agent_id = o.id AND d.owner_conn = o.conn)
+				ORDER BY a.id FOR NO KEY UPDATE OF a)
+			UPDATE agents a SET state = 'offline', updated_at = now() FROM mine WHERE a.id = mine.id`, ids, conns)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE platform.agent_directory d SET owner_gateway = NULL, owner_conn = NULL
+			FROM unnest($1::text[], $2::text[]) AS o(id, conn)
+			WHERE d.agent_id = o.id AND d.owner_conn = o.conn AND d.tenant_id = $3`, ids, conns, string(currentTenant(ctx))); err != nil {
+			return err
+		}
+		return announceAgents(ctx, tx)
+	})
+}
+
 // RecordHello implements gateway.Store.
 func (s *Store) RecordHello(ctx context.Context, id gateway.AgentID, o gateway.Owner, h gateway.Hello) error {
 	facts, err := json.Marshal(h.Facts)

@@ -130,8 +130,15 @@ func TestOwnership(t *testing.T) {
 	if err := s.Release(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}); err != gateway.ErrNotOwner {
 		t.Fatalf("stale release: %v", err)
 	}
-	if err := s.Release(ctx, x, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(x)}); err != nil {
+	// A batch release is fenced per agent: y's stale connection releases nothing.
+	if err := s.ReleaseMany(ctx, map[gateway.AgentID]string{x: "old-" + string(x), y: "old-" + string(y)}); err != nil {
 		t.Fatal(err)
+	}
+	if lost, err := s.LostClaims(context.Background(), map[gateway.AgentID]string{y: "new"}); err != nil || len(lost) != 0 {
+		t.Fatalf("a stale batch release took y from its owner: lost %v %v", lost, err)
+	}
+	if a, err := s.Agent(ctx, x); err != nil || a.State != gateway.StateOffline {
+		t.Fatalf("after a batch release: %+v %v", a, err)
 	}
 	if lost, err := s.LostClaims(context.Background(), map[gateway.AgentID]string{x: "old-" + string(x)}); err != nil || len(lost) != 1 {
 		t.Fatalf("after its release: lost %v %v, want [%s]", lost, err, x)
