@@ -437,7 +437,10 @@ func handshakeDone(qc *quic.Conn) {
 }
 
 // releaseLater leaves the release of c's owner row to Close when the replica is
-// draining, and reports whether it did.
+// draining, and reports whether it did. Should two connections of one agent end during
+// the drain, the one recorded last is released; if that is the superseded one, the
+// fence leaves the row alone, and the row names a replica whose row Close removes: no
+// live owner, and the agent ages offline by its last heartbeat.
 func (g *Gateway) releaseLater(c *agentConn) bool {
 	if !g.draining.Load() {
 		return false
