@@ -57,7 +57,10 @@ const agentsPerSocket = 1000
 // (default 30 s, three heartbeat rounds; STREAMSPACE_BENCH_WINDOW overrides) divided by
 // the window. PostgreSQL's own CPU is not counted. With STREAMSPACE_BENCH_PROFILE=DIR the
 // gateway also serves --debug-listen, and DIR receives its CPU profile of the window and
-// its heap and goroutine profiles after it. Identity is replaced by a stub that
+// its heap and goroutine profiles after it; STREAMSPACE_BENCH_GATEWAY_ENV adds
+// space-separated KEY=VALUE settings to the gateway's environment only (GOGC=50,
+// GOMEMLIMIT=...). Besides RSS and heap it reports the goroutines and stack bytes per
+// agent and the CPU per agent and second. Identity is replaced by a stub that
 // validates enrollment tokens, since only the gateway is measured. Run with
 // -benchtime=1x; goals (issue 5): at most 100 KiB per agent and 25% of one core.
 func BenchmarkScaleIdleAgents(b *testing.B) {
@@ -78,19 +81,21 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 
 		// Settle, then the baseline: everything but the agents' connections is in place.
 		time.Sleep(2 * time.Second)
-		rss0, heap0 := gw.rss(b), gw.heapInuse(b)
+		rss0, heap0, go0 := gw.rss(b), gw.heapInuse(b), gw.goStats(b)
 
 		began = time.Now()
+		connectCPU := gw.cpu(b)
 		// The first 20 s of connecting, when profiling: where a storm's time goes.
 		connecting := gw.profile(b, "connect-cpu", "/debug/pprof/profile?seconds=20")
 		fleet := connectMany(b, gw, ids)
 		connected := time.Since(began)
+		connectCPU = gw.cpu(b) - connectCPU
 		<-connecting
 		defer fleet.close()
 
 		// Let a few heartbeat rounds and keep-alives pass, and the GC find its level.
 		time.Sleep(15 * time.Second)
-		rss1, heap1 := gw.rss(b), gw.heapInuse(b)
+		rss1, heap1, go1 := gw.rss(b), gw.heapInuse(b), gw.goStats(b)
 		cpu0, wall0 := gw.cpu(b), time.Now()
 		profiled := gw.profile(b, "cpu", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(window.Seconds())))
 		time.Sleep(window)
@@ -108,9 +113,17 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		if heap0 >= 0 && heap1 >= 0 {
 			b.ReportMetric(float64(heap1-heap0)/float64(n)/1024, "heap_KiB/agent")
 		}
+		if go0.goroutines >= 0 && go1.goroutines >= 0 {
+			b.ReportMetric(float64(go1.goroutines-go0.goroutines)/float64(n), "goroutines/agent")
+			b.ReportMetric(float64(go1.stackInuse-go0.stackInuse)/float64(n)/1024, "stack_KiB/agent")
+		}
 		b.ReportMetric(100*(cpu1-cpu0).Seconds()/wall1.Sub(wall0).Seconds(), "gw_cpu_%core")
+		// The same CPU per agent: less sensitive to how busy the machine is than the
+		// share of a core, though a busy machine still batches packets differently.
+		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/wall1.Sub(wall0).Seconds()/float64(n), "gw_cpu_us/agent/s")
 		b.ReportMetric(enrolled.Seconds(), "enroll_s")
 		b.ReportMetric(connected.Seconds(), "connect_s")
+		b.ReportMetric(float64(connectCPU.Microseconds())/1000/float64(n), "gw_cpu_ms/connect")
 		b.ReportMetric(float64(fleet.beats.Load()), "heartbeats_sent")
 		b.ReportMetric(float64(fleet.retries.Load()), "dial_retries")
 		gw.stop(b)
@@ -125,6 +138,8 @@ type gwProc struct {
 	agents string // agents' address: QUIC and HTTPS enrollment
 	caPool *x509.CertPool
 	log    *lockedBuffer
+	// exited closes when the process has exited and its output is collected.
+	exited chan struct{}
 	// debug is the profiling endpoint's base URL, when STREAMSPACE_BENCH_PROFILE is set.
 	debug, profileDir string
 }
@@ -186,8 +201,9 @@ func startGatewayProcess(b *testing.B) *gwProc {
 
 	adminAddr, agentAddr := freeAddr(b), freeUDPTCPAddr(b)
 	g := &gwProc{env: env, admin: "http://" + adminAddr, agents: agentAddr, log: &lockedBuffer{}}
+	// The stub also stands in for the sessions service, which only browser streams ask.
 	g.cmd = exec.Command(bin, "--database-url", env.URL, "--listen", adminAddr, "--agent-listen", agentAddr,
-		"--kek", testKEK, "--identity-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", cmp.Or(os.Getenv("STREAMSPACE_BENCH_LOG_LEVEL"), "warn"))
+		"--kek", testKEK, "--identity-url", identityURL, "--sessions-url", identityURL, "--jwks-url", identityURL+auth.JWKSPath, "--log-level", cmp.Or(os.Getenv("STREAMSPACE_BENCH_LOG_LEVEL"), "warn"))
 	if dir := os.Getenv("STREAMSPACE_BENCH_PROFILE"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			b.Fatal(err)
@@ -196,13 +212,24 @@ func startGatewayProcess(b *testing.B) *gwProc {
 		g.debug, g.profileDir = "http://"+debugAddr, dir
 		g.cmd.Args = append(g.cmd.Args, "--debug-listen", debugAddr)
 	}
+	// Runtime settings for the gateway alone (GOGC, GOMEMLIMIT), not the load generator.
+	if extra := strings.Fields(os.Getenv("STREAMSPACE_BENCH_GATEWAY_ENV")); len(extra) > 0 {
+		g.cmd.Env = append(os.Environ(), extra...)
+	}
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { g.stop(b) })
+	g.exited = make(chan struct{})
+	go func() { _ = g.cmd.Wait(); close(g.exited) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		select {
+		case <-g.exited:
+			b.Fatalf("agent-gateway exited before it was ready:\n%s", g.log)
+		default:
+		}
 		resp, err := http.Get(g.admin + "/readyz")
 		if err == nil {
 			resp.Body.Close()
@@ -229,17 +256,17 @@ func startGatewayProcess(b *testing.B) *gwProc {
 }
 
 func (g *gwProc) stop(b *testing.B) {
-	if g.cmd.ProcessState != nil {
+	select {
+	case <-g.exited:
 		return
+	default:
 	}
 	_ = g.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = g.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-g.exited:
 	case <-time.After(30 * time.Second):
 		_ = g.cmd.Process.Kill()
-		<-done
+		<-g.exited
 	}
 }
 
@@ -314,7 +341,18 @@ func (g *gwProc) cpu(b *testing.B) time.Duration {
 
 // heapInuse is go_memstats_heap_inuse_bytes from the gateway's /metrics, or -1 when it
 // does not export the Go collector.
-func (g *gwProc) heapInuse(b *testing.B) int64 {
+func (g *gwProc) heapInuse(b *testing.B) int64 { return g.metric(b, "go_memstats_heap_inuse_bytes") }
+
+// goStats is what the gateway's Go collector says about its goroutines and their stacks,
+// or -1s when it does not export it.
+type goStats struct{ goroutines, stackInuse int64 }
+
+func (g *gwProc) goStats(b *testing.B) goStats {
+	return goStats{goroutines: g.metric(b, "go_goroutines"), stackInuse: g.metric(b, "go_memstats_stack_inuse_bytes")}
+}
+
+// metric is the value of the unlabelled metric name on the gateway's /metrics, or -1.
+func (g *gwProc) metric(b *testing.B, name string) int64 {
 	b.Helper()
 	resp, err := http.Get(g.admin + "/metrics")
 	if err != nil {
@@ -323,7 +361,7 @@ func (g *gwProc) heapInuse(b *testing.B) int64 {
 	defer resp.Body.Close()
 	s := bufio.NewScanner(resp.Body)
 	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "go_memstats_heap_inuse_bytes "); ok {
+		if rest, ok := strings.CutPrefix(s.Text(), name+" "); ok {
 			v, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
 			return int64(v)
 		}

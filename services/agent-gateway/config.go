@@ -27,9 +27,14 @@ const (
 	// statement per tenant. It delays last_seen by at most this much, far below the 30 s
 	// after which a silent agent is degraded.
 	DefaultHeartbeatFlush = 3 * time.Second
-	// DefaultOwnerHeartbeat is how often a replica stamps the owner rows of its agents,
-	// and so how quickly it notices a lost claim whose NOTIFY it missed.
+	// DefaultOwnerHeartbeat is how often a replica stamps its row in
+	// platform.gateway_replicas, the liveness of every owner row naming it.
 	DefaultOwnerHeartbeat = 2 * time.Second
+	// DefaultClaimCheck is how often a replica checks, in one read, that the owner rows
+	// of its tunnels still name their connections. NOTIFY closes a superseded or deleted
+	// agent's tunnel at once and the fenced heartbeat writes within a heartbeat interval;
+	// this check only bounds how long a tunnel that neither reached stays open.
+	DefaultClaimCheck = 30 * time.Second
 	// DefaultKeepAlive is far below the 30 s UDP conntrack timeout of common firewalls
 	// (STACK.md), so an idle tunnel's state never expires on the agent's side. The agent
 	// keeps its tunnel alive at the same period; both sides pinging costs packets, but
@@ -46,6 +51,18 @@ const (
 	// machine: 8 (under half the default 20-connection pool) took 52 s to bring every
 	// agent back, 64 took 26 s, so the pool itself is left to be the tighter bound.
 	DefaultConnectConcurrency = 64
+	// DefaultHandshakeConcurrency is how many connections may be between their first
+	// packet and their HelloAck at once (TLS, the registry check, Hello, registration);
+	// more are refused at once and retried by the agents with backoff. Refusals cost the
+	// refused agents time (their backoff grows), so the limit is set only for storms that
+	// would otherwise collapse: with a few milliseconds of CPU per handshake, 10,000
+	// agents handshaking at once on 2 cores need more than the agent's 10 s handshake
+	// timeout and time out together, while 2,048 finish in a few seconds. Measured with
+	// the 1,000-agent reconnect storm on the shared 2-core machine (load 8-14), everyone
+	// was back 8.4 s after the new replica listened without a limit, 13.1 s with 512
+	// (627 dials refused) and 16 s with 64 (1,272 refused); with test-speed keep-alives
+	// at load 22, where the storm collapsed (110 s, 9,199 failed dials), 64 halved it.
+	DefaultHandshakeConcurrency = 2048
 )
 
 // Config is the gateway's own settings, beside the common server.Config.
@@ -70,8 +87,9 @@ type Config struct {
 	// OfflineAfter age a silent agent.
 	HeartbeatInterval, DegradedAfter, OfflineAfter time.Duration
 	// Resync bounds delivery delay when a NOTIFY is lost; OwnerHeartbeat paces the
-	// owner-row stamps.
-	Resync, OwnerHeartbeat time.Duration
+	// stamps of the replica's row (the liveness of its owner rows); ClaimCheck paces the
+	// check that its tunnels' owner rows still name them.
+	Resync, OwnerHeartbeat, ClaimCheck time.Duration
 	// HeartbeatFlush paces the batched heartbeat writes; by default DefaultHeartbeatFlush,
 	// or half the heartbeat interval when that is shorter.
 	HeartbeatFlush time.Duration
@@ -87,11 +105,14 @@ type Config struct {
 	// ConnectConcurrency bounds the connections registering at once; the rest queue.
 	ConnectConcurrency int
 	// AdvertiseURL is this replica's HTTP API as the other gateway replicas reach it
-	// (http://10.1.2.3:8080): written beside the owner rows of the tunnels it holds, so
+	// (http://10.1.2.3:8080): kept in its platform.gateway_replicas row, so
 	// that a stream for one of its agents that lands on another replica is forwarded
 	// here. Empty: New derives it from the server's --listen when that is a loopback
 	// address (one host, tests), else this replica's agents stream only through it.
 	AdvertiseURL string
+	// HandshakeConcurrency bounds the connections between their first packet and their
+	// HelloAck; more are refused (QUIC CONNECTION_REFUSED) and the agents retry.
+	HandshakeConcurrency int
 
 	// serverNames holds the raw --agent-server-names until withDefaults splits it.
 	serverNames *string
@@ -117,7 +138,9 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Duration(fs, &c.OfflineAfter, "agent-offline-after", "STREAMSPACE_AGENT_OFFLINE_AFTER", DefaultOfflineAfter, "silence after which an agent is offline")
 	config.Duration(fs, &c.Resync, "agent-resync", "STREAMSPACE_AGENT_RESYNC", DefaultResync, "how often the replica sweeps its agents for pending work without a notification")
 	config.Duration(fs, &c.HeartbeatFlush, "agent-heartbeat-flush", "STREAMSPACE_AGENT_HEARTBEAT_FLUSH", 0, "how often received heartbeats are written, one statement per tenant (default 3s, or half --agent-heartbeat if shorter)")
+	config.Duration(fs, &c.ClaimCheck, "agent-claim-check", "STREAMSPACE_AGENT_CLAIM_CHECK", DefaultClaimCheck, "how often the replica checks that its tunnels still own their agents, should a notification have been lost")
 	config.Int(fs, &c.ConnectConcurrency, "agent-connect-concurrency", "STREAMSPACE_AGENT_CONNECT_CONCURRENCY", DefaultConnectConcurrency, "connections that may register at once (a database transaction each); the rest queue")
+	config.Int(fs, &c.HandshakeConcurrency, "agent-handshake-concurrency", "STREAMSPACE_AGENT_HANDSHAKE_CONCURRENCY", DefaultHandshakeConcurrency, "connections that may be handshaking (TLS to HelloAck) at once; more are refused and the agents retry with backoff")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
 	config.String(fs, &c.AdvertiseURL, "advertise-url", "STREAMSPACE_GATEWAY_ADVERTISE_URL", "",
@@ -148,6 +171,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.OfflineAfter, DefaultOfflineAfter)
 	def(&c.Resync, DefaultResync)
 	def(&c.OwnerHeartbeat, DefaultOwnerHeartbeat)
+	def(&c.ClaimCheck, DefaultClaimCheck)
 	def(&c.HeartbeatFlush, min(DefaultHeartbeatFlush, c.HeartbeatInterval/2))
 	def(&c.KeepAlive, DefaultKeepAlive)
 	def(&c.IdleTimeout, DefaultIdleTimeout)
@@ -156,6 +180,9 @@ func (c Config) WithDefaults() Config {
 	def(&c.TrafficFlush, DefaultTrafficFlush)
 	if c.ConnectConcurrency <= 0 {
 		c.ConnectConcurrency = DefaultConnectConcurrency
+	}
+	if c.HandshakeConcurrency <= 0 {
+		c.HandshakeConcurrency = DefaultHandshakeConcurrency
 	}
 	return c
 }

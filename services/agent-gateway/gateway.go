@@ -26,7 +26,9 @@
 // platform.agent_directory has one owner row per agent, naming the replica and the
 // connection that holds its tunnel. The newest connection claims the row; the replica
 // holding an older connection learns it from a NOTIFY, or at the latest from its next
-// owner heartbeat, and closes it. Every write an agent's connection makes about the agent
+// claim check or fenced heartbeat write, and closes it. Liveness is per replica: each
+// stamps its own platform.gateway_replicas row (with the address the others forward
+// streams to), not the rows of its thousands of agents. Every write an agent's connection makes about the agent
 // itself is fenced on still owning the row, so a superseded connection cannot overwrite
 // what the newer one reported.
 //
@@ -270,20 +272,21 @@ type Hello struct {
 type Owner struct {
 	Gateway string
 	Conn    string
-	// URL is where the owning replica's HTTP API is reached by the others (its
-	// --advertise-url); empty when it advertises none. Claims write it, nothing fences on it.
-	URL string
 }
 
 // Ownership is an agent's owner row as another replica sees it: who holds the tunnel,
-// where to forward its streams, and how long ago the owner last stamped the row.
+// where to forward its streams, and how long ago the owning replica last stamped its
+// replica row (platform.gateway_replicas).
 type Ownership struct {
 	// Gateway is the owning replica; empty when no replica holds the tunnel.
 	Gateway string
 	// URL is the owner's advertised HTTP API; empty when it advertises none.
 	URL string
-	// Age is the time since the owner's last heartbeat, measured by the database's clock.
-	Age time.Duration
+	// Age is the time since the owning replica's last heartbeat, measured by the
+	// database's clock; Live is false when the replica has no row (it stopped cleanly, or
+	// never stamped one).
+	Age  time.Duration
+	Live bool
 }
 
 // Beat is the latest heartbeat of one agent's connection, as a batch records it.
@@ -322,11 +325,25 @@ type Store interface {
 	// Ownership returns the owner row of an agent of the context's tenant (platform, one
 	// statement). NotFound: no such agent in the tenant.
 	Ownership(ctx context.Context, id AgentID) (Ownership, error)
-	// RenewOwnership stamps the owner heartbeat of every listed agent still owned by its
-	// connection and returns the agents that are not (superseded or deleted) (platform).
-	RenewOwnership(ctx context.Context, gateway string, owned map[AgentID]string) (lost []AgentID, err error)
+	// RegisterReplica creates or replaces replica gateway's row, alive now, with the
+	// address at which the other replicas reach its HTTP API (advertiseURL, "" for none)
+	// (platform). The row's heartbeat is the liveness of every owner row naming it.
+	RegisterReplica(ctx context.Context, gateway, advertiseURL string) error
+	// StampReplica records that replica gateway is alive now: one row per replica,
+	// however many agents it holds. The row keeps its address; one that was removed
+	// meanwhile is registered again with advertiseURL (platform).
+	StampReplica(ctx context.Context, gateway, advertiseURL string) error
+	// RemoveReplica deletes replica gateway's row when it stops cleanly (platform).
+	RemoveReplica(ctx context.Context, gateway string) error
+	// LostClaims returns those of the listed agents that their connection (the map's
+	// value) no longer owns: superseded, released or deleted (platform, read-only).
+	LostClaims(ctx context.Context, owned map[AgentID]string) (lost []AgentID, err error)
 	// Release clears o's ownership and marks the agent offline (tenant-scoped, fenced).
 	Release(ctx context.Context, id AgentID, o Owner) error
+	// ReleaseMany is Release for many agents of the context's tenant in one transaction,
+	// each fenced by its connection (the map's value); agents no longer owned by theirs
+	// are left alone (tenant-scoped).
+	ReleaseMany(ctx context.Context, owned map[AgentID]string) error
 	// RecordHello stores the agent's facts and marks it online (tenant-scoped, fenced).
 	RecordHello(ctx context.Context, id AgentID, o Owner, h Hello) error
 	// Connect is a connection's start in one transaction: Claim, RecordHello and

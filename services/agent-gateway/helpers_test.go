@@ -77,7 +77,7 @@ type replica struct {
 func fastConfig() gateway.Config {
 	return gateway.Config{KEK: testKEK, Listen: "127.0.0.1:0", HeartbeatInterval: 500 * time.Millisecond,
 		DegradedAfter: 2 * time.Second, OfflineAfter: 4 * time.Second, Resync: 10 * time.Second,
-		OwnerHeartbeat: 500 * time.Millisecond, RetryMin: 200 * time.Millisecond, RetryMax: time.Second,
+		OwnerHeartbeat: 500 * time.Millisecond, ClaimCheck: time.Second, RetryMin: 200 * time.Millisecond, RetryMax: time.Second,
 		KeepAlive: time.Second, IdleTimeout: 10 * time.Second}
 }
 
@@ -279,10 +279,27 @@ func dialTLS(e enrolled) *tls.Config {
 
 // dialQUIC opens an authenticated QUIC connection without speaking the protocol.
 func dialQUIC(t testing.TB, addr string, e enrolled) (*quic.Conn, error) {
+	return dialQUICWith(t, addr, e, testDial)
+}
+
+// dialSettings are a test agent's QUIC liveness and handshake timeout.
+type dialSettings struct {
+	keepAlive, idleTimeout, handshakeTimeout time.Duration
+}
+
+// testDial suits tests: liveness at test speed, a short handshake timeout.
+var testDial = dialSettings{keepAlive: time.Second, idleTimeout: 10 * time.Second, handshakeTimeout: 5 * time.Second}
+
+// agentDial are the real agent's defaults (agent/tunnel), for benchmarks.
+var agentDial = dialSettings{keepAlive: 5 * time.Second, idleTimeout: 20 * time.Second, handshakeTimeout: 10 * time.Second}
+
+// dialQUICWith is dialQUIC with the given settings.
+func dialQUICWith(t testing.TB, addr string, e enrolled, d dialSettings) (*quic.Conn, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), d.handshakeTimeout)
 	defer cancel()
-	return quic.DialAddr(ctx, addr, dialTLS(e), &quic.Config{KeepAlivePeriod: time.Second, MaxIdleTimeout: 10 * time.Second})
+	return quic.DialAddr(ctx, addr, dialTLS(e), &quic.Config{KeepAlivePeriod: d.keepAlive, MaxIdleTimeout: d.idleTimeout,
+		HandshakeIdleTimeout: d.handshakeTimeout})
 }
 
 // connect dials gw and completes Hello / HelloAck.
@@ -300,7 +317,13 @@ func connectAddr(t testing.TB, addr string, e enrolled) (*testAgent, error) {
 // connectHello is connectAddr with a chance to change the Hello before it is sent.
 func connectHello(t testing.TB, addr string, e enrolled, edit func(*wire.Hello)) (*testAgent, error) {
 	t.Helper()
-	conn, err := dialQUIC(t, addr, e)
+	return connectWith(t, addr, e, testDial, edit)
+}
+
+// connectWith is connectHello with the given dial settings.
+func connectWith(t testing.TB, addr string, e enrolled, d dialSettings, edit func(*wire.Hello)) (*testAgent, error) {
+	t.Helper()
+	conn, err := dialQUICWith(t, addr, e, d)
 	if err != nil {
 		return nil, err
 	}

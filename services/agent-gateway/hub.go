@@ -20,10 +20,13 @@ type hub struct {
 	ln    *notifier
 	// sweeps asks the replica's sweep which of the given agents have pending work.
 	sweeps *sweeper
+	// recheck asks the owner loop to check every held claim now: notifications that
+	// would have said a claim was lost may have been missed.
+	recheck chan struct{}
 }
 
 func newHub(log *slog.Logger, connCfg *pgx.ConnConfig) *hub {
-	h := &hub{log: log, conns: map[AgentID]*agentConn{}, sweeps: newSweeper()}
+	h := &hub{log: log, conns: map[AgentID]*agentConn{}, sweeps: newSweeper(), recheck: make(chan struct{}, 1)}
 	h.ln = newNotifier(log, connCfg, h.notified, h.listening, h.reconnected)
 	return h
 }
@@ -70,7 +73,7 @@ func (h *hub) all() []*agentConn {
 	return out
 }
 
-// owned returns the connection id of every held tunnel, for the owner heartbeat.
+// owned returns the connection id of every held tunnel, for the claim check.
 func (h *hub) owned() map[AgentID]string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -117,8 +120,15 @@ func (h *hub) listening(channels []string) {
 }
 
 // reconnected runs after the LISTEN connection was re-established: every notification of
-// the gap may be lost, so the sweep checks every tunnel at once.
-func (h *hub) reconnected() { h.sweeps.wantAll() }
+// the gap may be lost, so the sweep checks every tunnel for work and the owner loop every
+// claim, at once.
+func (h *hub) reconnected() {
+	h.sweeps.wantAll()
+	select {
+	case h.recheck <- struct{}{}:
+	default:
+	}
+}
 
 // sweeper collects the agents whose pending work must be looked up outside the periodic
 // sweep (their LISTEN just took effect, or the LISTEN connection was lost), for the

@@ -17,6 +17,9 @@ type metrics struct {
 	heartbeatBatches prometheus.Counter
 	// sweeps counts pending-work sweeps.
 	sweeps prometheus.Counter
+	// busy counts connections refused at their first packet because
+	// HandshakeConcurrency handshakes were already in progress.
+	busy prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,6 +38,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Batched heartbeat writes: one statement per tenant per flush."}),
 		sweeps: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_sweeps_total",
 			Help: "Sweeps for pending work that wake the tunnels of agents with unacknowledged assignments."}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_handshakes_refused_total",
+			Help: "New connections refused (QUIC CONNECTION_REFUSED, retried by the agent) because the handshake limit was reached."}),
 	}
 	if reg == nil {
 		return m
@@ -46,6 +51,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.protocolFails = reuse(reg, m.protocolFails)
 	m.heartbeatBatches = reuse(reg, m.heartbeatBatches)
 	m.sweeps = reuse(reg, m.sweeps)
+	m.busy = reuse(reg, m.busy)
 	return m
 }
 

@@ -104,6 +104,63 @@ func TestLostNotificationIsCoveredBySweep(t *testing.T) {
 	}
 }
 
+// A claim lost without a notification (here the rows are changed directly, as if the
+// NOTIFY had been dropped) is found by the replica's claim check: a superseded tunnel is
+// closed as superseded, a deleted agent's as revoked, and a tunnel whose claim holds
+// stays. The replica's liveness is its one row in platform.gateway_replicas, gone when it
+// stops.
+func TestLostClaimIsFoundWithoutNotification(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1, func(c *gateway.Config) { c.ClaimCheck = 300 * time.Millisecond })
+	_, ctx := h.tenant("acme")
+	var ags []*testAgent
+	var ids []gateway.AgentID
+	for _, name := range []string{"superseded", "deleted", "kept"} {
+		e := h.enroll(h.gw(), h.token(ctx, name))
+		ag := h.connect(h.gw(), e)
+		ag.nextPush(5 * time.Second)
+		ags, ids = append(ags, ag), append(ids, e.resp.AgentID)
+	}
+	bg := context.Background()
+	if _, err := h.env.Pool.Exec(bg, `UPDATE platform.agent_directory SET owner_conn = 'elsewhere' WHERE agent_id = $1`, string(ids[0])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.env.Pool.Exec(bg, `DELETE FROM platform.agent_directory WHERE agent_id = $1`, string(ids[1])); err != nil {
+		t.Fatal(err)
+	}
+	if code, ok := ags[0].closed(5 * time.Second); !ok || code != wire.CloseSuperseded {
+		t.Fatalf("superseded without a notification: closed=%v code=%v", ok, code)
+	}
+	if code, ok := ags[1].closed(5 * time.Second); !ok || code != wire.CloseRevoked {
+		t.Fatalf("deleted without a notification: closed=%v code=%v", ok, code)
+	}
+	// Several more checks pass; the tunnel whose claim holds stays.
+	time.Sleep(time.Second)
+	if ags[2].conn.Context().Err() != nil || !h.gw().Connected(ids[2]) {
+		t.Fatal("a tunnel whose claim holds was closed")
+	}
+
+	replicas := func() int {
+		var n int
+		if err := h.env.Pool.QueryRow(bg, `SELECT count(*) FROM platform.gateway_replicas
+			WHERE id = $1 AND heartbeat > now() - interval '1 minute'`, h.gw().ID()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := replicas(); n != 1 {
+		t.Fatalf("%d live rows for the running replica, want 1", n)
+	}
+	cctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	defer cancel()
+	if err := h.gw().Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := replicas(); n != 0 {
+		t.Fatalf("the stopped replica's row is still there")
+	}
+}
+
 func spanNames(rec *tracetest.SpanRecorder) map[string][]sdktrace.ReadOnlySpan {
 	out := map[string][]sdktrace.ReadOnlySpan{}
 	for _, s := range rec.Ended() {

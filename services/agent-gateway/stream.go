@@ -254,7 +254,7 @@ func (s *streams) open(ctx context.Context, id SessionID, port string, hopped bo
 }
 
 // owner returns where to forward a stream for agent id, whose tunnel this replica does
-// not hold: the advertised URL of the replica that does, if its owner row is fresh. Every
+// not hold: the advertised URL of the replica that does, if that replica's row is fresh. Every
 // other case is a retryable unavailable, as is a request that was forwarded here already.
 func (s *streams) owner(ctx context.Context, id AgentID, hopped bool) (*url.URL, error) {
 	notConnected := &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry, Message: "the session's agent is not connected"}
@@ -275,9 +275,9 @@ func (s *streams) owner(ctx context.Context, id AgentID, hopped bool) (*url.URL,
 	case o.Gateway == "" || o.Gateway == s.gw.id:
 		// No owner, or this replica's own row, left behind by a tunnel that just closed.
 		return nil, notConnected
-	case o.Age > s.gw.ownerStaleAfter():
-		// The owner stopped stamping its row: it is dead or cut off from the database,
-		// and its tunnels with it.
+	case !o.Live || o.Age > s.gw.ownerStaleAfter():
+		// The owning replica stopped cleanly (no row), or stopped stamping its row: it is
+		// dead or cut off from the database, and its tunnels with it.
 		return nil, notConnected
 	case o.URL == "":
 		return nil, &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry,

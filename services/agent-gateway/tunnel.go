@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -86,8 +87,19 @@ type Gateway struct {
 	beats    beats
 	// admit holds a token per connection between its Hello and its HelloAck.
 	admit chan struct{}
+	// handshakes holds a token per connection from its first packet until its HelloAck
+	// or its failure; see admitHandshake.
+	handshakes chan struct{}
+
+	// draining is set when Close begins: tunnels ending from then on leave the release
+	// of their owner rows to Close, which releases them all in one transaction per
+	// tenant instead of one each.
+	draining atomic.Bool
+	drainMu  sync.Mutex
+	drained  map[tenant.ID]map[AgentID]string
 
 	udp   net.PacketConn
+	tr    *quic.Transport
 	ql    *quic.Listener
 	tcp   net.Listener
 	https *http.Server
@@ -137,6 +149,7 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 		log: o.Logger.With("gateway_id", cfg.GatewayID), tracer: tp.Tracer("streamspace.dev/services/agent-gateway")}
 	g.hub = newHub(g.log, o.ConnConfig)
 	g.admit = make(chan struct{}, cfg.ConnectConcurrency)
+	g.handshakes = make(chan struct{}, cfg.HandshakeConcurrency)
 	g.metrics = newMetrics(o.Registry)
 
 	var serverCert tls.Certificate
@@ -147,7 +160,12 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	} else if serverCert, err = ca.IssueServer(cfg.ServerNames, 365*24*time.Hour); err != nil {
 		return nil, err
 	}
+	// The replica's row exists before any owner row names it.
+	if err := o.Store.RegisterReplica(ctx, g.id, cfg.AdvertiseURL); err != nil {
+		return nil, fmt.Errorf("registering replica %s: %w", g.id, err)
+	}
 	if err := g.listen(serverCert); err != nil {
+		_ = o.Store.RemoveReplica(ctx, g.id)
 		return nil, err
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -182,7 +200,10 @@ func (g *Gateway) listen(cert tls.Certificate) error {
 		// active. A deleted agent's certificate fails here, on every replica, at once.
 		VerifyConnection: g.verifyAgent,
 	}
-	ql, err := quic.Listen(udp, tlsConf, &quic.Config{
+	// The transport outlives the listener: closing the listener at the start of a drain
+	// stops new connections while the held ones are told goodbye.
+	tr := &quic.Transport{Conn: udp, ConnContext: g.admitHandshake}
+	ql, err := tr.Listen(tlsConf, &quic.Config{
 		KeepAlivePeriod:       g.cfg.KeepAlive,
 		MaxIdleTimeout:        g.cfg.IdleTimeout,
 		HandshakeIdleTimeout:  5 * time.Second,
@@ -194,7 +215,7 @@ func (g *Gateway) listen(cert tls.Certificate) error {
 		tcp.Close()
 		return err
 	}
-	g.udp, g.ql = udp, ql
+	g.udp, g.tr, g.ql = udp, tr, ql
 	g.tcp = tls.NewListener(tcp, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert},
 		NextProtos: []string{"h2", "http/1.1"}})
 	g.https = &http.Server{Handler: g.enrollHandler(), ReadHeaderTimeout: 10 * time.Second,
@@ -341,6 +362,7 @@ func (g *Gateway) Revoke(id AgentID) {
 // Close drains the replica: agents are told to reconnect elsewhere, ownership is
 // released, and the listeners close.
 func (g *Gateway) Close(ctx context.Context) error {
+	g.draining.Store(true)
 	g.ql.Close()
 	shutdownErr := g.https.Shutdown(ctx)
 	var wg sync.WaitGroup
@@ -355,9 +377,84 @@ func (g *Gateway) Close(ctx context.Context) error {
 	}
 	// Closing the socket also ends handshakes still in flight, which hold no claim yet.
 	g.cancel()
+	g.tr.Close()
 	g.udp.Close()
 	g.wg.Wait()
+	// Every tunnel has ended; those that ended during the drain are released together.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for tid, owned := range g.drained {
+		if err := g.store.ReleaseMany(auth.AsSystem(rctx, tid, "gateway:"+g.id), owned); err != nil {
+			g.log.Warn("releasing owner rows", "tenant_id", tid, "count", len(owned), "err", err)
+		}
+	}
+	// Owner rows still naming the replica (a release that failed) now have no live owner.
+	if err := g.store.RemoveReplica(rctx, g.id); err != nil {
+		g.log.Warn("removing the replica row", "err", err)
+	}
 	return shutdownErr
+}
+
+// errBusy refuses a connection beyond the handshake limit.
+var errBusy = errors.New("too many handshakes in progress")
+
+// admitHandshake is the QUIC transport's ConnContext: it runs at a connection's first
+// packet, before any cryptography, and lets at most HandshakeConcurrency connections be
+// between that packet and their HelloAck. A connection beyond the limit is refused at
+// once with CONNECTION_REFUSED, which the agent retries with its jittered backoff. A
+// storm of reconnecting agents is so served a bounded number at a time, each
+// handshake getting the CPU to finish well within the agent's handshake timeout;
+// unbounded, every handshake of a storm on a busy machine shares the CPU until most
+// time out and all of that work is lost.
+func (g *Gateway) admitHandshake(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	select {
+	case g.handshakes <- struct{}{}:
+	default:
+		g.metrics.busy.Inc()
+		return nil, errBusy
+	}
+	t := &handshakeToken{g: g}
+	// A connection that fails before serve takes over returns its token when it closes.
+	context.AfterFunc(ctx, t.release)
+	return context.WithValue(ctx, handshakeTokenKey{}, t), nil
+}
+
+// handshakeToken is one connection's place among the handshakes in progress.
+type handshakeToken struct {
+	g    *Gateway
+	once sync.Once
+}
+
+type handshakeTokenKey struct{}
+
+func (t *handshakeToken) release() { t.once.Do(func() { <-t.g.handshakes }) }
+
+// handshakeDone returns the token of qc's handshake, if it holds one.
+func handshakeDone(qc *quic.Conn) {
+	if t, ok := qc.Context().Value(handshakeTokenKey{}).(*handshakeToken); ok {
+		t.release()
+	}
+}
+
+// releaseLater leaves the release of c's owner row to Close when the replica is
+// draining, and reports whether it did. Should two connections of one agent end during
+// the drain, the one recorded last is released; if that is the superseded one, the
+// fence leaves the row alone, and the row names a replica whose row Close removes: no
+// live owner, and the agent ages offline by its last heartbeat.
+func (g *Gateway) releaseLater(c *agentConn) bool {
+	if !g.draining.Load() {
+		return false
+	}
+	g.drainMu.Lock()
+	defer g.drainMu.Unlock()
+	if g.drained == nil {
+		g.drained = map[tenant.ID]map[AgentID]string{}
+	}
+	if g.drained[c.id.Tenant] == nil {
+		g.drained[c.id.Tenant] = map[AgentID]string{}
+	}
+	g.drained[c.id.Tenant][c.id.Agent] = c.connID
+	return true
 }
 
 func (g *Gateway) acceptLoop() {
@@ -370,15 +467,41 @@ func (g *Gateway) acceptLoop() {
 	}
 }
 
-// ownerLoop stamps the owner rows of held tunnels and closes those whose claim was lost
-// without this replica hearing the NOTIFY: a superseding connection, or a deletion.
-func (g *Gateway) ownerLoop() { g.every(g.cfg.OwnerHeartbeat, g.renewOwnership) }
+// ownerLoop keeps this replica's claims honest. Every OwnerHeartbeat it stamps the
+// replica's row, the liveness of all its owner rows at once (one row written, however
+// many agents it holds). Every ClaimCheck, and at once when the LISTEN connection was
+// re-established, it checks, reading only, that its tunnels' claims still hold, and
+// closes those lost without this replica hearing the NOTIFY: a superseding connection,
+// or a deletion. Between checks the batched heartbeat writes, fenced per beat, catch a
+// lost claim within a heartbeat interval too.
+func (g *Gateway) ownerLoop() {
+	stamp := time.NewTicker(g.cfg.OwnerHeartbeat)
+	defer stamp.Stop()
+	check := time.NewTicker(g.cfg.ClaimCheck)
+	defer check.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-stamp.C:
+			if err := g.store.StampReplica(g.ctx, g.id, g.cfg.AdvertiseURL); err != nil && g.ctx.Err() == nil {
+				g.log.Warn("stamping the replica row", "err", err)
+			}
+		case <-check.C:
+			g.checkClaims()
+		case <-g.hub.recheck:
+			g.checkClaims()
+		}
+	}
+}
 
-func (g *Gateway) renewOwnership() {
+func (g *Gateway) checkClaims() {
 	owned := g.hub.owned()
-	lost, err := g.store.RenewOwnership(g.ctx, g.id, owned)
+	lost, err := g.store.LostClaims(g.ctx, owned)
 	if err != nil {
-		g.log.Warn("renewing owner rows", "err", err)
+		if g.ctx.Err() == nil {
+			g.log.Warn("checking owner rows", "err", err)
+		}
 		return
 	}
 	for _, id := range lost {
@@ -545,13 +668,20 @@ type agentConn struct {
 	accepted wire.Version
 
 	ctrl *wire.Writer // set once the control stream is open
-	wake chan struct{}
 	done chan struct{}
 
 	closeOnce sync.Once
 
 	mu       sync.Mutex
 	inflight map[SessionID]*flight
+	// A tunnel's pushes run on a goroutine that exists only while there is something to
+	// push, so an idle tunnel costs no goroutine (nor timer) for them. Under mu: pushing
+	// says that goroutine runs (or, before the first push, is yet to start), again that
+	// it was poked meanwhile and runs once more, stopped that the tunnel ended; retry
+	// pokes it when the earliest unacknowledged push falls due.
+	pushing, again, stopped bool
+	retry                   *time.Timer
+	pushes                  sync.WaitGroup
 }
 
 // flight is one pushed generation awaiting its ack.
@@ -570,10 +700,18 @@ func (c *agentConn) sys(ctx context.Context) context.Context {
 	return auth.AsSystem(ctx, c.id.Tenant, "agent:"+string(c.id.Agent))
 }
 
+// poke asks for a push of pending work: NOTIFY, the sweep or a retry falling due.
 func (c *agentConn) poke() {
-	select {
-	case c.wake <- struct{}{}:
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.stopped:
+	case c.pushing:
+		c.again = true
 	default:
+		c.pushing = true
+		c.pushes.Add(1)
+		go c.runPushes(nil)
 	}
 }
 
@@ -636,13 +774,15 @@ func (g *Gateway) serve(qc *quic.Conn) {
 		return
 	}
 	c := &agentConn{g: g, qc: qc, id: id, connID: randomToken(12),
-		wake: make(chan struct{}, 1), done: make(chan struct{}), inflight: map[SessionID]*flight{}}
-	c.owner = Owner{Gateway: g.id, Conn: c.connID, URL: g.cfg.AdvertiseURL}
+		done: make(chan struct{}), inflight: map[SessionID]*flight{},
+		pushing: true} // pokes before the first push wait for it: the full set goes first
+	c.owner = Owner{Gateway: g.id, Conn: c.connID}
 	c.log = g.log.With("tenant_id", id.Tenant, "agent_id", id.Agent, "conn", c.connID, "remote", qc.RemoteAddr().String())
 	defer close(c.done)
 	ctx := qc.Context()
 
 	held, err := c.handshake(ctx, g.verified.take(leaf))
+	handshakeDone(qc)
 	if err != nil {
 		return
 	}
@@ -650,6 +790,9 @@ func (g *Gateway) serve(qc *quic.Conn) {
 		c.close(closeDone)
 		g.hub.remove(c)
 		g.beats.forget(c)
+		if g.releaseLater(c) {
+			return
+		}
 		if err := g.store.Release(c.sys(context.WithoutCancel(ctx)), id.Agent, c.owner); err != nil && !errors.Is(err, ErrNotOwner) {
 			c.log.Warn("releasing the owner row", "err", err)
 		}
@@ -657,10 +800,18 @@ func (g *Gateway) serve(qc *quic.Conn) {
 	g.metrics.tunnels.Inc()
 	defer g.metrics.tunnels.Dec()
 	var wg sync.WaitGroup
-	wg.Go(func() { c.pushLoop(ctx, held.set, held.current) })
+	c.pushes.Add(1)
+	go c.runPushes(func() { c.pushFirst(ctx, held.set, held.current) })
 	wg.Go(func() { c.acceptStreams(ctx) })
 	c.readControl(ctx, held.r)
 	c.close(closeDone)
+	c.mu.Lock()
+	c.stopped = true
+	if c.retry != nil {
+		c.retry.Stop()
+	}
+	c.mu.Unlock()
+	c.pushes.Wait()
 	wg.Wait()
 }
 
@@ -998,42 +1149,62 @@ func (c *agentConn) serveAgentStream(ctx context.Context, st *quic.Stream) {
 	_ = wireotel.Write(mctx, w, &wire.CertRenewResponse{CertificatePEM: resp})
 }
 
-// pushLoop delivers the full set once (or, when the agent's applied set is already
-// current, only its unacknowledged part), then pending work whenever told (NOTIFY, the
-// replica's sweep) and when a retry falls due. An idle tunnel has no timer: the sweep
-// wakes it if a notification was lost.
-func (c *agentConn) pushLoop(ctx context.Context, set []Assignment, current bool) {
+// pushFirst delivers the full set once or, when the agent's applied set is already
+// current, only its unacknowledged part. After it, runPushes pushes pending work whenever
+// poked (NOTIFY, the replica's sweep) and when a retry falls due. An idle tunnel has no
+// timer: the sweep wakes it if a notification was lost.
+func (c *agentConn) pushFirst(ctx context.Context, set []Assignment, current bool) {
 	if current {
 		c.pushUnacked(ctx, set)
 	} else {
 		c.pushFull(ctx, set)
 	}
+}
+
+// runPushes runs first (if any) and then pushPending once, and again for as long as the
+// tunnel was poked meanwhile; then it arms the retry timer if anything awaits an ack, and
+// ends.
+func (c *agentConn) runPushes(first func()) {
+	defer c.pushes.Done()
+	ctx := c.qc.Context()
+	if first != nil {
+		first()
+	} else {
+		c.pushPending(ctx)
+	}
 	for {
-		var due <-chan time.Time
-		var t *time.Timer
-		if wait, ok := c.nextRetry(); ok {
-			t = time.NewTimer(wait)
-			due = t.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-c.wake:
-		case <-due:
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if ctx.Err() != nil {
+		c.mu.Lock()
+		if !c.again || c.stopped || ctx.Err() != nil {
+			c.pushing, c.again = false, false
+			c.armRetry()
+			c.mu.Unlock()
 			return
 		}
+		c.again = false
+		c.mu.Unlock()
 		c.pushPending(ctx)
 	}
 }
 
-// nextRetry is the time until the earliest retry; false when nothing awaits an ack.
+// armRetry sets the retry timer to the earliest unacknowledged push, or stops it when
+// nothing awaits an ack. c.mu is held.
+func (c *agentConn) armRetry() {
+	wait, ok := c.nextRetry()
+	switch {
+	case !ok || c.stopped:
+		if c.retry != nil {
+			c.retry.Stop()
+		}
+	case c.retry == nil:
+		c.retry = time.AfterFunc(wait, c.poke)
+	default:
+		c.retry.Reset(wait)
+	}
+}
+
+// nextRetry is the time until the earliest retry; false when nothing awaits an ack. c.mu
+// is held.
 func (c *agentConn) nextRetry() (time.Duration, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	wait, waiting := time.Duration(1<<63-1), false
 	now := time.Now()
 	for _, f := range c.inflight {

@@ -21,7 +21,7 @@ import (
 
 func TestDeleteAgentClosesTunnelAndRevokesCertificate(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, 1, func(c *gateway.Config) { c.OwnerHeartbeat = time.Minute }) // only NOTIFY or the local path
+	h := newHarness(t, 1, func(c *gateway.Config) { c.ClaimCheck = time.Minute }) // only NOTIFY or the local path
 	_, ctx := h.tenant("acme")
 	e := h.enroll(h.gw(), h.token(ctx, "doomed"))
 	ag := h.connect(h.gw(), e)
@@ -333,6 +333,12 @@ func TestShutdownSaysGoodbye(t *testing.T) {
 	if err != nil || a.State != gateway.StateOffline {
 		t.Fatalf("after shutdown: %+v %v", a, err)
 	}
+	// Released in the drain's batch: the owner row names nobody.
+	var owner *string
+	if err := h.env.Pool.QueryRow(context.Background(), `SELECT owner_conn FROM platform.agent_directory WHERE agent_id = $1`,
+		string(e.resp.AgentID)).Scan(&owner); err != nil || owner != nil {
+		t.Fatalf("owner row after shutdown: %v %v", owner, err)
+	}
 }
 
 // flakyStore fails DirectoryTenant the way a database outage does (a timeout), which is
@@ -397,7 +403,7 @@ func helloOnce(t *testing.T, addr string, e enrolled, edit func(*wire.Hello)) (w
 func TestRegistryFailureIsRetryableNotARefusal(t *testing.T) {
 	t.Parallel()
 	// No owner loop during the test: its lookups would blur the counts below.
-	h := newHarness(t, 0, func(c *gateway.Config) { c.OwnerHeartbeat = time.Hour })
+	h := newHarness(t, 0, func(c *gateway.Config) { c.ClaimCheck = time.Hour })
 	_, ctx := h.tenant("acme")
 	flaky := &flakyStore{Store: h.store}
 	gw := h.addReplica(flaky).gw
@@ -555,5 +561,33 @@ func TestHelloTagsAreRecorded(t *testing.T) {
 			return fmt.Errorf("reported tags %s", got)
 		}
 		return nil
+	})
+}
+
+// Beyond HandshakeConcurrency connections between their first packet and their HelloAck,
+// a new connection is refused at once with CONNECTION_REFUSED (which the agent retries),
+// and admitted again as soon as a place is free.
+func TestHandshakeLimitRefusesAtOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1, func(c *gateway.Config) { c.HandshakeConcurrency = 1 })
+	_, ctx := h.tenant("acme")
+	slow, next := h.enroll(h.gw(), h.token(ctx, "slow")), h.enroll(h.gw(), h.token(ctx, "next"))
+	// TLS done, no Hello yet: the only place is taken until Hello or the hello timeout.
+	holder, err := dialQUIC(t, h.gw().Addr(), slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = connect(t, h.gw(), next)
+	te, ok := errors.AsType[*quic.TransportError](err)
+	if !ok || te.ErrorCode != quic.ConnectionRefused || !te.Remote {
+		t.Fatalf("connecting beyond the limit: %v, want CONNECTION_REFUSED from the gateway", err)
+	}
+	_ = holder.CloseWithError(0, "done")
+	eventually(t, 5*time.Second, func() error {
+		ag, err := connect(t, h.gw(), next)
+		if err == nil {
+			_ = ag.conn.CloseWithError(0, "")
+		}
+		return err
 	})
 }

@@ -34,13 +34,14 @@ func (p *plane) count(t *testing.T, series string) int {
 	return int(f)
 }
 
-// setOwnerRow rewrites a column of the agent's owner row, as a replica that advertises
-// another address, or stopped stamping its row, would have left it.
-func (w *streamWorld) setOwnerRow(t *testing.T, agent string, set string, arg any) {
+// setOwnerReplica rewrites the platform row of the replica that owns agent's tunnel (its
+// address, its heartbeat), as a misconfigured, dead or moved replica would leave it.
+func (w *streamWorld) setOwnerReplica(t *testing.T, agent string, set string, arg any) {
 	t.Helper()
-	tag, err := w.Env.Pool.Exec(context.Background(), `UPDATE platform.agent_directory SET `+set+` WHERE agent_id = $2`, arg, agent)
+	tag, err := w.Env.Pool.Exec(context.Background(), `UPDATE platform.gateway_replicas SET `+set+`
+		WHERE id = (SELECT owner_gateway FROM platform.agent_directory WHERE agent_id = $2)`, arg, agent)
 	if err != nil || tag.RowsAffected() != 1 {
-		t.Fatalf("rewriting the owner row: %v (%d rows)", err, tag.RowsAffected())
+		t.Fatalf("rewriting the owner's replica row: %v (%d rows)", err, tag.RowsAffected())
 	}
 }
 
@@ -112,10 +113,10 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 		if got := b.count(t, forwardedSeries); got != 2 {
 			t.Fatalf("a request marked as forwarded was forwarded: %d forwards, want 2", got)
 		}
-		// The owner row names the second replica itself (a stale or misconfigured
+		// The owner's replica row names the second replica itself (a stale or misconfigured
 		// address): it forwards once, to itself, which answers instead of looping.
-		w.setOwnerRow(t, string(agent), "owner_url = $1", b.Base)
-		defer w.setOwnerRow(t, string(agent), "owner_url = $1", w.Base)
+		w.setOwnerReplica(t, string(agent), "advertise_url = $1", b.Base)
+		defer w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Base)
 		_, err = b.dial(t, s.ID, w.member, "")
 		wantUnavailable(t, err, "forwarded")
 		if got := b.count(t, forwardedSeries); got != 3 {
@@ -130,14 +131,14 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 		}
 		dead := "http://" + ln.Addr().String()
 		_ = ln.Close()
-		w.setOwnerRow(t, string(agent), "owner_url = $1", dead)
+		w.setOwnerReplica(t, string(agent), "advertise_url = $1", dead)
 		_, err = b.dial(t, s.ID, w.member, "")
 		wantUnavailable(t, err, "cannot be reached")
 		if got := b.count(t, forwardFailedSeries); got != 1 {
 			t.Fatalf("%d failed forwards, want 1", got)
 		}
 		// With the owner's address back, the stream goes through again.
-		w.setOwnerRow(t, string(agent), "owner_url = $1", w.Base)
+		w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Base)
 		ws, err := b.dial(t, s.ID, w.member, "")
 		if err != nil {
 			t.Fatal(err)
@@ -147,24 +148,24 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 	})
 }
 
-// TestStreamNotForwardedToStaleOwner: an owner row whose heartbeat has aged past a few
-// owner heartbeats belongs to a replica that is dead or cut off; the other replica does
+// TestStreamNotForwardedToStaleOwner: an owner whose replica row's heartbeat has aged past
+// a few owner heartbeats is a replica that is dead or cut off; the other replica does
 // not forward to it and answers a retryable 503 without dialing. Fresh again, it does.
 func TestStreamNotForwardedToStaleOwner(t *testing.T) {
-	// The first replica stamps its owner rows only when an agent connects, so the test
-	// alone ages them; the second replica keeps the default freshness bound.
+	// The first replica stamps its replica row only when it starts, so the test alone ages
+	// it; the second replica keeps the default freshness bound.
 	w := newStreamWorld(t, func(s *streamspace.Settings) { s.Gateway.OwnerHeartbeat = time.Hour })
 	b := startPlaneOn(t, w.Env, nil, nil)
 	s := w.running(t, w.owner)
 
-	w.setOwnerRow(t, string(s.AgentID), "owner_heartbeat = now() - $1::interval", "1 minute")
+	w.setOwnerReplica(t, string(s.AgentID), "heartbeat = now() - $1::interval", "1 minute")
 	_, err := b.dial(t, s.ID, w.owner, "")
 	wantUnavailable(t, err, "not connected")
 	if f, ff := b.count(t, forwardedSeries), b.count(t, forwardFailedSeries); f != 0 || ff != 0 {
 		t.Fatalf("a stale owner was dialed: %d forwards, %d failed", f, ff)
 	}
 
-	w.setOwnerRow(t, string(s.AgentID), "owner_heartbeat = now() - $1::interval", "0 seconds")
+	w.setOwnerReplica(t, string(s.AgentID), "heartbeat = now() - $1::interval", "0 seconds")
 	ws, err := b.dial(t, s.ID, w.owner, "")
 	if err != nil {
 		t.Fatal(err)

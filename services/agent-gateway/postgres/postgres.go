@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -226,8 +225,8 @@ func (s *Store) DirectoryTenant(ctx context.Context, id gateway.AgentID) (tenant
 func (s *Store) Claim(ctx context.Context, id gateway.AgentID, o gateway.Owner) error {
 	return pgx.BeginFunc(ctx, s.db.Pool(), func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE platform.agent_directory
-			SET owner_gateway = $2, owner_conn = $3, owner_url = $4, owner_since = now(), owner_heartbeat = now()
-			WHERE agent_id = $1`, string(id), o.Gateway, o.Conn, nullable(o.URL))
+			SET owner_gateway = $2, owner_conn = $3, owner_since = now()
+			WHERE agent_id = $1`, string(id), o.Gateway, o.Conn)
 		if err != nil {
 			return err
 		}
@@ -240,7 +239,7 @@ func (s *Store) Claim(ctx context.Context, id gateway.AgentID, o gateway.Owner) 
 }
 
 // Ownership implements gateway.Store. The age is the database's own now() minus the
-// stamp, so replicas' clocks never enter it.
+// owning replica's stamp, so replicas' clocks never enter it.
 func (s *Store) Ownership(ctx context.Context, id gateway.AgentID) (gateway.Ownership, error) {
 	tid, ok := tenant.FromContext(ctx)
 	if !ok {
@@ -248,8 +247,9 @@ func (s *Store) Ownership(ctx context.Context, id gateway.AgentID) (gateway.Owne
 	}
 	var gw, u *string
 	var age *float64
-	err := s.db.Pool().QueryRow(ctx, `SELECT owner_gateway, owner_url, extract(epoch FROM now() - owner_heartbeat)::float8
-		FROM platform.agent_directory WHERE agent_id = $1 AND tenant_id = $2`, string(id), string(tid)).Scan(&gw, &u, &age)
+	err := s.db.Pool().QueryRow(ctx, `SELECT d.owner_gateway, r.advertise_url, extract(epoch FROM now() - r.heartbeat)::float8
+		FROM platform.agent_directory d LEFT JOIN platform.gateway_replicas r ON r.id = d.owner_gateway
+		WHERE d.agent_id = $1 AND d.tenant_id = $2`, string(id), string(tid)).Scan(&gw, &u, &age)
 	if err != nil {
 		return gateway.Ownership{}, notFound(err, "agent")
 	}
@@ -261,7 +261,7 @@ func (s *Store) Ownership(ctx context.Context, id gateway.AgentID) (gateway.Owne
 		o.URL = *u
 	}
 	if age != nil {
-		o.Age = time.Duration(*age * float64(time.Second))
+		o.Age, o.Live = time.Duration(*age*float64(time.Second)), true
 	}
 	return o, nil
 }
@@ -274,8 +274,31 @@ func nullable(s string) *string {
 	return &s
 }
 
-// RenewOwnership implements gateway.Store.
-func (s *Store) RenewOwnership(ctx context.Context, gw string, owned map[gateway.AgentID]string) ([]gateway.AgentID, error) {
+// RegisterReplica implements gateway.Store.
+func (s *Store) RegisterReplica(ctx context.Context, gw, advertiseURL string) error {
+	_, err := s.db.Pool().Exec(ctx, `INSERT INTO platform.gateway_replicas (id, heartbeat, advertise_url) VALUES ($1, now(), $2)
+		ON CONFLICT (id) DO UPDATE SET heartbeat = now(), advertise_url = excluded.advertise_url`, gw, nullable(advertiseURL))
+	return err
+}
+
+// StampReplica implements gateway.Store.
+func (s *Store) StampReplica(ctx context.Context, gw, advertiseURL string) error {
+	_, err := s.db.Pool().Exec(ctx, `INSERT INTO platform.gateway_replicas (id, heartbeat, advertise_url) VALUES ($1, now(), $2)
+		ON CONFLICT (id) DO UPDATE SET heartbeat = now()`, gw, nullable(advertiseURL))
+	return err
+}
+
+// RemoveReplica implements gateway.Store. Rows of replicas that died without removing
+// theirs, silent for a day, go with it.
+func (s *Store) RemoveReplica(ctx context.Context, gw string) error {
+	_, err := s.db.Pool().Exec(ctx, `DELETE FROM platform.gateway_replicas
+		WHERE id = $1 OR heartbeat < now() - interval '1 day'`, gw)
+	return err
+}
+
+// LostClaims implements gateway.Store. It only reads, and returns only the lost claims,
+// so checking 10,000 held claims writes nothing and sends back nothing when all hold.
+func (s *Store) LostClaims(ctx context.Context, owned map[gateway.AgentID]string) ([]gateway.AgentID, error) {
 	if len(owned) == 0 {
 		return nil, nil
 	}
@@ -285,18 +308,14 @@ func (s *Store) RenewOwnership(ctx context.Context, gw string, owned map[gateway
 		ids = append(ids, string(id))
 		conns = append(conns, c)
 	}
-	rows, err := s.db.Pool().Query(ctx, `UPDATE platform.agent_directory d SET owner_heartbeat = now()
-		FROM unnest($1::text[], $2::text[]) AS o(agent_id, conn)
-		WHERE d.agent_id = o.agent_id AND d.owner_conn = o.conn AND d.owner_gateway = $3
-		RETURNING d.agent_id`, ids, conns, gw)
+	rows, err := s.db.Pool().Query(ctx, `SELECT o.agent_id FROM unnest($1::text[], $2::text[]) AS o(agent_id, conn)
+		WHERE NOT EXISTS (SELECT 1 FROM platform.agent_directory d WHERE d.agent_id = o.agent_id AND d.owner_conn = o.conn)`,
+		ids, conns)
 	if err != nil {
 		return nil, err
 	}
-	kept, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, err
-	}
-	return missing(kept, maps.Keys(owned)), nil
+	lost, err := pgx.CollectRows(rows, pgx.RowTo[gateway.AgentID])
+	return lost, err
 }
 
 // missing returns the ids that are not in kept, the rows a fenced statement changed.
@@ -328,8 +347,43 @@ func (s *Store) Release(ctx context.Context, id gateway.AgentID, o gateway.Owner
 		if tag.RowsAffected() == 0 {
 			return gateway.ErrNotOwner
 		}
-		if _, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL, owner_url = NULL
+		if _, err = tx.Exec(ctx, `UPDATE platform.agent_directory SET owner_gateway = NULL, owner_conn = NULL
 			WHERE agent_id = $1 AND owner_conn = $2`, string(id), o.Conn); err != nil {
+			return err
+		}
+		return announceAgents(ctx, tx)
+	})
+}
+
+// ReleaseMany implements gateway.Store. Like RecordHeartbeats it locks the agents' rows in
+// id order before their directory rows, so it never deadlocks with a heartbeat flush, a
+// Connect or a deletion; the batch is announced once.
+func (s *Store) ReleaseMany(ctx context.Context, owned map[gateway.AgentID]string) error {
+	if len(owned) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(owned))
+	conns := make([]string, 0, len(owned))
+	for id, c := range owned {
+		ids = append(ids, string(id))
+		conns = append(conns, c)
+	}
+	return s.db.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `WITH o AS (SELECT * FROM unnest($1::text[], $2::text[]) AS o(id, conn)),
+			mine AS (
+				SELECT a.id FROM agents a JOIN o ON a.id = o.id
+				WHERE EXISTS (SELECT 1 FROM platform.agent_directory d WHERE d.agent_id = o.id AND d.owner_conn = o.conn)
+				ORDER BY a.id FOR NO KEY UPDATE OF a)
+			UPDATE agents a SET state = 'offline', updated_at = now() FROM mine WHERE a.id = mine.id`, ids, conns)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE platform.agent_directory d SET owner_gateway = NULL, owner_conn = NULL
+			FROM unnest($1::text[], $2::text[]) AS o(id, conn)
+			WHERE d.agent_id = o.id AND d.owner_conn = o.conn AND d.tenant_id = $3`, ids, conns, string(currentTenant(ctx))); err != nil {
 			return err
 		}
 		return announceAgents(ctx, tx)
@@ -384,8 +438,8 @@ func (s *Store) Connect(ctx context.Context, id gateway.AgentID, o gateway.Owner
 			WHERE id = $1`, string(id), h.Version, tags, string(facts),
 			c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes, c.Sessions, c.MaxSessions, o.Gateway)
 		b.Queue(`UPDATE platform.agent_directory
-			SET owner_gateway = $2, owner_conn = $3, owner_url = $5, owner_since = now(), owner_heartbeat = now()
-			WHERE agent_id = $1 AND tenant_id = $4`, string(id), o.Gateway, o.Conn, string(currentTenant(ctx)), nullable(o.URL))
+			SET owner_gateway = $2, owner_conn = $3, owner_since = now()
+			WHERE agent_id = $1 AND tenant_id = $4`, string(id), o.Gateway, o.Conn, string(currentTenant(ctx)))
 		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentChannel(id), gateway.NotifyOwner+o.Conn)
 		// Placement reads what an agent can host and whether it is online: announce it.
 		b.Queue(`SELECT pg_notify($1, $2)`, gateway.AgentsChannel, string(currentTenant(ctx)))

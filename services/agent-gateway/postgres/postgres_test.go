@@ -2,8 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
@@ -77,15 +80,16 @@ func TestTenantIsolation(t *testing.T) {
 	}
 }
 
-// Renewing ownership reports exactly the agents whose claim was lost.
+// The claim check reports exactly the agents whose claim was lost: superseded, released
+// or deleted.
 func TestOwnership(t *testing.T) {
 	t.Parallel()
 	env := tenantstest.New(t)
 	a, _ := env.Tenant(t, "alpha")
 	s := postgres.New(env.DB, postgres.Thresholds{})
 	ctx := ctxOf(a.ID)
-	x, y := gateway.NewAgentID(), gateway.NewAgentID()
-	for _, id := range []gateway.AgentID{x, y} {
+	x, y, z := gateway.NewAgentID(), gateway.NewAgentID(), gateway.NewAgentID()
+	for _, id := range []gateway.AgentID{x, y, z} {
 		if err := s.CreateAgent(ctx, gateway.Agent{ID: id, Name: string(id)}, ""); err != nil {
 			t.Fatal(err)
 		}
@@ -96,10 +100,20 @@ func TestOwnership(t *testing.T) {
 	if err := s.Claim(context.Background(), y, gateway.Owner{Gateway: "gw-1", Conn: "new"}); err != nil {
 		t.Fatal(err)
 	}
-	lost, err := s.RenewOwnership(context.Background(), "gw-0", map[gateway.AgentID]string{x: "old-" + string(x), y: "old-" + string(y)})
+	held := map[gateway.AgentID]string{x: "old-" + string(x), y: "old-" + string(y), z: "old-" + string(z)}
+	lost, err := s.LostClaims(context.Background(), held)
 	if err != nil || len(lost) != 1 || lost[0] != y {
 		t.Fatalf("lost %v %v, want [%s]", lost, err, y)
 	}
+	if err := s.DeleteAgent(ctx, z); err != nil {
+		t.Fatal(err)
+	}
+	lost, err = s.LostClaims(context.Background(), held)
+	slices.Sort(lost)
+	if want := []gateway.AgentID{y, z}; err != nil || !slices.Equal(lost, slices.Sorted(slices.Values(want))) {
+		t.Fatalf("after a deletion: lost %v %v, want %v", lost, err, want)
+	}
+	delete(held, z)
 	// The superseded connection's writes are fenced off, one beat of a batch at a time.
 	lost, err = s.RecordHeartbeats(ctx, []gateway.Beat{
 		{Agent: x, Conn: "old-" + string(x), Capacity: gateway.Capacity{Sessions: 3}},
@@ -116,13 +130,27 @@ func TestOwnership(t *testing.T) {
 	if err := s.Release(ctx, y, gateway.Owner{Gateway: "gw-0", Conn: "old-" + string(y)}); err != gateway.ErrNotOwner {
 		t.Fatalf("stale release: %v", err)
 	}
+	// A batch release is fenced per agent: y's stale connection releases nothing.
+	if err := s.ReleaseMany(ctx, map[gateway.AgentID]string{x: "old-" + string(x), y: "old-" + string(y)}); err != nil {
+		t.Fatal(err)
+	}
+	if lost, err := s.LostClaims(context.Background(), map[gateway.AgentID]string{y: "new"}); err != nil || len(lost) != 0 {
+		t.Fatalf("a stale batch release took y from its owner: lost %v %v", lost, err)
+	}
+	if a, err := s.Agent(ctx, x); err != nil || a.State != gateway.StateOffline {
+		t.Fatalf("after a batch release: %+v %v", a, err)
+	}
+	if lost, err := s.LostClaims(context.Background(), map[gateway.AgentID]string{x: "old-" + string(x)}); err != nil || len(lost) != 1 {
+		t.Fatalf("after its release: lost %v %v, want [%s]", lost, err, x)
+	}
 	if err := s.Claim(context.Background(), gateway.NewAgentID(), gateway.Owner{Gateway: "gw", Conn: "c"}); !apperr.IsCode(err, apperr.NotFound) {
 		t.Fatalf("claiming an unknown agent: %v", err)
 	}
 }
 
-// Ownership shows the owner row to the agent's own tenant only: the replica and URL the
-// latest claim wrote, aged by the database's clock, and nothing once it is released.
+// Ownership shows the owner row to the agent's own tenant only: the replica the latest
+// claim wrote, with that replica's advertised URL and the age of its stamp by the
+// database's clock; not live once the replica's row is gone, nothing once released.
 func TestOwnershipRow(t *testing.T) {
 	t.Parallel()
 	env := tenantstest.New(t)
@@ -130,6 +158,7 @@ func TestOwnershipRow(t *testing.T) {
 	b, _ := env.Tenant(t, "bravo")
 	s := postgres.New(env.DB, postgres.Thresholds{})
 	ctx := ctxOf(a.ID)
+	bg := context.Background()
 	id := gateway.NewAgentID()
 	if err := s.CreateAgent(ctx, gateway.Agent{ID: id, Name: "edge"}, ""); err != nil {
 		t.Fatal(err)
@@ -137,36 +166,97 @@ func TestOwnershipRow(t *testing.T) {
 	if o, err := s.Ownership(ctx, id); err != nil || o != (gateway.Ownership{}) {
 		t.Fatalf("never claimed: %+v %v", o, err)
 	}
-	if err := s.Claim(context.Background(), id, gateway.Owner{Gateway: "gw-0", Conn: "c0", URL: "http://10.0.0.1:8080"}); err != nil {
+	gw0, gw1 := "gw-own0-"+string(id), "gw-own1-"+string(id)
+	if err := s.RegisterReplica(bg, gw0, "http://10.0.0.1:8080"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Claim(context.Background(), id, gateway.Owner{Gateway: "gw-1", Conn: "c1", URL: "http://10.0.0.2:8080"}); err != nil {
+	if err := s.RegisterReplica(bg, gw1, "http://10.0.0.2:8080"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := env.Pool.Exec(context.Background(), `UPDATE platform.agent_directory SET owner_heartbeat = now() - interval '90 seconds' WHERE agent_id = $1`, string(id)); err != nil {
+	if err := s.Claim(bg, id, gateway.Owner{Gateway: gw0, Conn: "c0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Claim(bg, id, gateway.Owner{Gateway: gw1, Conn: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Pool.Exec(bg, `UPDATE platform.gateway_replicas SET heartbeat = now() - interval '90 seconds' WHERE id = $1`, gw1); err != nil {
 		t.Fatal(err)
 	}
 	o, err := s.Ownership(ctx, id)
-	if err != nil || o.Gateway != "gw-1" || o.URL != "http://10.0.0.2:8080" || o.Age < 90*time.Second || o.Age > time.Hour {
+	if err != nil || o.Gateway != gw1 || o.URL != "http://10.0.0.2:8080" || !o.Live || o.Age < 90*time.Second || o.Age > time.Hour {
 		t.Fatalf("after two claims and 90 s without a stamp: %+v %v", o, err)
 	}
-	for name, c := range map[string]context.Context{"another tenant": ctxOf(b.ID), "no tenant": context.Background()} {
+	for name, c := range map[string]context.Context{"another tenant": ctxOf(b.ID), "no tenant": bg} {
 		if o, err := s.Ownership(c, id); !apperr.IsCode(err, apperr.NotFound) {
 			t.Errorf("%s: %+v %v, want not_found", name, o, err)
 		}
 	}
-	// A claim without a URL clears the previous owner's.
-	if err := s.Claim(context.Background(), id, gateway.Owner{Gateway: "gw-2", Conn: "c2"}); err != nil {
+	// A stamp advances the heartbeat and keeps the address; registering again replaces it.
+	if err := s.StampReplica(bg, gw1, "http://ignored:1"); err != nil {
 		t.Fatal(err)
 	}
-	if o, err := s.Ownership(ctx, id); err != nil || o.Gateway != "gw-2" || o.URL != "" || o.Age > time.Minute {
-		t.Fatalf("claimed without a URL: %+v %v", o, err)
+	if o, err := s.Ownership(ctx, id); err != nil || o.Gateway != gw1 || o.URL != "http://10.0.0.2:8080" || !o.Live || o.Age > time.Minute {
+		t.Fatalf("stamped: %+v %v", o, err)
 	}
-	if err := s.Release(ctx, id, gateway.Owner{Gateway: "gw-2", Conn: "c2"}); err != nil {
+	if err := s.RegisterReplica(bg, gw1, ""); err != nil {
 		t.Fatal(err)
 	}
-	if o, err := s.Ownership(ctx, id); err != nil || o.Gateway != "" || o.URL != "" {
+	if o, err := s.Ownership(ctx, id); err != nil || o.URL != "" || !o.Live {
+		t.Fatalf("registered again without a URL: %+v %v", o, err)
+	}
+	// A replica that stopped cleanly has no row: its owner rows are not live.
+	if err := s.RemoveReplica(bg, gw1); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := s.Ownership(ctx, id); err != nil || o.Gateway != gw1 || o.Live {
+		t.Fatalf("the replica's row removed: %+v %v", o, err)
+	}
+	if err := s.Release(ctx, id, gateway.Owner{Gateway: gw1, Conn: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := s.Ownership(ctx, id); err != nil || o.Gateway != "" || o.URL != "" || o.Live {
 		t.Fatalf("released: %+v %v", o, err)
+	}
+}
+
+// A replica's row is created by its first stamp and advanced by the next; removing it
+// also removes rows of replicas silent for a day, and nothing else.
+func TestReplicaRows(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	bg := context.Background()
+	stamp := func(id string) time.Time {
+		t.Helper()
+		var at time.Time
+		if err := env.Pool.QueryRow(bg, `SELECT heartbeat FROM platform.gateway_replicas WHERE id = $1`, id).Scan(&at); err != nil {
+			t.Fatalf("replica %s: %v", id, err)
+		}
+		return at
+	}
+	for _, id := range []string{"gw-a", "gw-b", "gw-dead"} {
+		if err := s.StampReplica(bg, id, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := stamp("gw-a")
+	// now() is the transaction's start: a later statement stamps a later time.
+	if err := s.StampReplica(bg, "gw-a", ""); err != nil {
+		t.Fatal(err)
+	}
+	if again := stamp("gw-a"); !again.After(first) {
+		t.Fatalf("second stamp %v, first %v", again, first)
+	}
+	if _, err := env.Pool.Exec(bg, `UPDATE platform.gateway_replicas SET heartbeat = now() - interval '25 hours' WHERE id = 'gw-dead'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveReplica(bg, "gw-a"); err != nil {
+		t.Fatal(err)
+	}
+	rows, _ := env.Pool.Query(bg, `SELECT id FROM platform.gateway_replicas ORDER BY id`)
+	left, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || !slices.Equal(left, []string{"gw-b"}) {
+		t.Fatalf("replicas left %v %v, want [gw-b]", left, err)
 	}
 }
 
