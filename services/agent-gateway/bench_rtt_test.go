@@ -12,7 +12,6 @@ import (
 	"io"
 	"math/big"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"testing"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"streamspace.dev/libs/benchenv"
 	"streamspace.dev/libs/wire"
 )
 
@@ -37,7 +37,7 @@ import (
 // Samples: 10,000 of each (STREAMSPACE_BENCH_RTT_SAMPLES overrides). Run with
 // -benchtime=1x.
 func BenchmarkCommandRoundTrip(b *testing.B) {
-	samples := envInt(b, "STREAMSPACE_BENCH_RTT_SAMPLES", 10000)
+	samples := benchenv.Int(b, "STREAMSPACE_BENCH_RTT_SAMPLES", 10000)
 	gwTLS, agentTLS := rttTLS(b)
 
 	// The gateway side: accept the agent's connection, then open streams on it.
@@ -242,18 +242,4 @@ func rttTLS(b *testing.B) (server, client *tls.Config) {
 	client = &tls.Config{Certificates: []tls.Certificate{ag}, RootCAs: gwPool, ServerName: "localhost",
 		NextProtos: wire.SupportedALPNs(), MinVersion: tls.VersionTLS13}
 	return server, client
-}
-
-// envInt reads a positive integer setting of a benchmark, or def.
-func envInt(b *testing.B, name string, def int) int {
-	b.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		b.Fatalf("%s=%q: want a positive integer", name, v)
-	}
-	return n
 }

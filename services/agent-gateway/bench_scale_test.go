@@ -33,6 +33,7 @@ import (
 
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/auth/authtest"
+	"streamspace.dev/libs/benchenv"
 	"streamspace.dev/libs/wire"
 	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/tenants/tenantstest"
@@ -64,7 +65,7 @@ const agentsPerSocket = 1000
 // validates enrollment tokens, since only the gateway is measured. Run with
 // -benchtime=1x; goals (issue 5): at most 100 KiB per agent and 25% of one core.
 func BenchmarkScaleIdleAgents(b *testing.B) {
-	n := envInt(b, "STREAMSPACE_BENCH_AGENTS", 10000)
+	n := benchenv.Int(b, "STREAMSPACE_BENCH_AGENTS", 10000)
 	window := 30 * time.Second
 	if v := os.Getenv("STREAMSPACE_BENCH_WINDOW"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -279,7 +280,7 @@ func (g *gwProc) profile(b *testing.B, name, path string) <-chan struct{} {
 		close(done)
 		return done
 	}
-	file := filepath.Join(g.profileDir, fmt.Sprintf("%d-%s.pprof", envInt(b, "STREAMSPACE_BENCH_AGENTS", 10000), name))
+	file := filepath.Join(g.profileDir, fmt.Sprintf("%d-%s.pprof", benchenv.Int(b, "STREAMSPACE_BENCH_AGENTS", 10000), name))
 	go func() {
 		defer close(done)
 		resp, err := http.Get(g.debug + path)
