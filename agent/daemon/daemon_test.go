@@ -73,7 +73,7 @@ func TestConfigDefaultsAndTags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.KeepAlive != 5*time.Second || cfg.BackoffInitial != 100*time.Millisecond || cfg.BackoffMax != 30*time.Second {
+	if cfg.KeepAlive != 12*time.Second || cfg.IdleTimeout != 30*time.Second || cfg.BackoffInitial != 100*time.Millisecond || cfg.BackoffMax != 30*time.Second {
 		t.Fatalf("defaults = %+v", cfg)
 	}
 	if got := cfg.TagList(); len(got) != 2 || got[0] != "gpu" || got[1] != "eu-west" {

@@ -33,10 +33,16 @@ import (
 
 // Defaults. The keep-alive must stay well under the 30 s UDP conntrack timeout of the
 // customer's stateful firewall (STACK.md): without traffic the entry expires and the
-// gateway's next server-opened stream is dropped as new inbound traffic.
+// gateway's next server-opened stream is dropped as new inbound traffic. It is a little
+// longer than the heartbeat interval on purpose: quic-go pings only after a keep-alive
+// period without receiving a packet, and the gateway's acknowledgement of every heartbeat
+// resets that clock, so an agent whose heartbeats flow sends no pings at all (with both
+// sides pinging every 5 s, 10,000 idle agents cost the gateway 38% of a core; see
+// BenchmarkScaleIdleAgents). The pings only keep the state alive when heartbeats stall. The idle timeout
+// is 30 s because quic-go caps the keep-alive period at half of it.
 const (
-	DefaultKeepAlive        = 5 * time.Second
-	DefaultIdleTimeout      = 20 * time.Second
+	DefaultKeepAlive        = 12 * time.Second
+	DefaultIdleTimeout      = 30 * time.Second
 	DefaultHeartbeat        = 10 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultHelloTimeout     = 10 * time.Second

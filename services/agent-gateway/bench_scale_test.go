@@ -449,13 +449,19 @@ type fleet struct {
 	retries atomic.Int64
 	stop    chan struct{}
 	wg      sync.WaitGroup
+	// keepAlive and idleTimeout are the agents' QUIC liveness settings: the real agent's
+	// defaults (agent/tunnel: 12 s and 30 s) unless STREAMSPACE_BENCH_AGENT_KEEPALIVE_S and
+	// STREAMSPACE_BENCH_AGENT_IDLE_S (seconds) say otherwise.
+	keepAlive, idleTimeout time.Duration
 }
 
 // connectMany connects every agent: handshake, Hello, HelloAck, then a goroutine that
 // heartbeats and one that answers pushes. Agents share UDP sockets, agentsPerSocket each.
 func connectMany(b *testing.B, g *gwProc, agents []simAgent) *fleet {
 	b.Helper()
-	f := &fleet{conns: make([]*quic.Conn, len(agents)), stop: make(chan struct{})}
+	f := &fleet{conns: make([]*quic.Conn, len(agents)), stop: make(chan struct{}),
+		keepAlive:   time.Duration(benchenv.Int(b, "STREAMSPACE_BENCH_AGENT_KEEPALIVE_S", 12)) * time.Second,
+		idleTimeout: time.Duration(benchenv.Int(b, "STREAMSPACE_BENCH_AGENT_IDLE_S", 30)) * time.Second}
 	for range (len(agents) + agentsPerSocket - 1) / agentsPerSocket {
 		uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
@@ -525,8 +531,7 @@ func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool
 	defer cancel()
 	conf := &tls.Config{Certificates: []tls.Certificate{a.cert}, RootCAs: roots, ServerName: "localhost",
 		NextProtos: wire.SupportedALPNs(), MinVersion: tls.VersionTLS13}
-	// The real agent's defaults (agent/tunnel): 5 s keep-alive, 20 s idle timeout.
-	conn, err := tr.Dial(ctx, raddr, conf, &quic.Config{KeepAlivePeriod: 5 * time.Second, MaxIdleTimeout: 20 * time.Second})
+	conn, err := tr.Dial(ctx, raddr, conf, &quic.Config{KeepAlivePeriod: f.keepAlive, MaxIdleTimeout: f.idleTimeout})
 	if err != nil {
 		return nil, err
 	}
