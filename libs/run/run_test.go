@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/poll"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -69,18 +70,6 @@ func serve(ctx context.Context, cfg Config, ready *Readiness, servers []Server, 
 	return done
 }
 
-// eventually polls cond; it never asserts how long anything took.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func TestSlowInFlightRequestCompletesDuringShutdown(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, "api")
@@ -93,7 +82,7 @@ func TestSlowInFlightRequestCompletesDuringShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := serve(ctx, Config{ShutdownTimeout: time.Minute}, f.ready, []Server{f.server})
-	eventually(t, "ready", f.ready.Ready)
+	poll.Until(t, 10*time.Second, "ready", f.ready.Ready)
 
 	type reply struct {
 		code int
@@ -109,7 +98,7 @@ func TestSlowInFlightRequestCompletesDuringShutdown(t *testing.T) {
 	cancel()
 	// Shutdown has begun once the listener refuses new connections; the slow request is
 	// still in flight.
-	eventually(t, "listener closed", func() bool {
+	poll.Until(t, 10*time.Second, "listener closed", func() bool {
 		c, err := net.Dial("tcp", f.server.Listener.Addr().String())
 		if err == nil {
 			_ = c.Close()
@@ -140,7 +129,7 @@ func TestReadinessFailsBeforeListenerCloses(t *testing.T) {
 	// The drain delay is only an upper bound on how long the test may take to see the 503
 	// through the still-open listener; nothing asserts its length.
 	done := serve(ctx, Config{DrainDelay: 2 * time.Second}, f.ready, []Server{f.server})
-	eventually(t, "ready", f.ready.Ready)
+	poll.Until(t, 10*time.Second, "ready", f.ready.Ready)
 
 	if code, body, err := f.get("/readyz"); err != nil || code != http.StatusOK || body != "ok" {
 		t.Fatalf("readyz before shutdown: %d %q %v", code, body, err)
@@ -151,7 +140,7 @@ func TestReadinessFailsBeforeListenerCloses(t *testing.T) {
 	cancel()
 
 	var resp *http.Response
-	eventually(t, "readyz 503", func() bool {
+	poll.Until(t, 10*time.Second, "readyz 503", func() bool {
 		r, err := f.client.Get(f.url + "/readyz")
 		if err != nil {
 			t.Fatalf("listener closed before readiness failed: %v", err)
@@ -212,7 +201,7 @@ func TestClosersRunInReverseOrderAfterServersStop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := serve(ctx, Config{}, ready, []Server{a.server, b.server},
 		closer("tracer"), closer("db"), closer("cache"))
-	eventually(t, "ready", ready.Ready)
+	poll.Until(t, 10*time.Second, "ready", ready.Ready)
 	for _, f := range []*fixture{a, b} {
 		if code, _, err := f.get("/healthz"); err != nil || code != http.StatusOK {
 			t.Fatalf("%s: %d %v", f.server.Name, code, err)
@@ -268,7 +257,7 @@ func TestDrainDeadlineForcesClose(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := serve(ctx, Config{ShutdownTimeout: time.Millisecond}, f.ready, []Server{f.server})
-	eventually(t, "ready", f.ready.Ready)
+	poll.Until(t, 10*time.Second, "ready", f.ready.Ready)
 	reqErr := make(chan error, 1)
 	go func() {
 		_, _, err := f.get("/stuck")
@@ -315,7 +304,7 @@ func TestSIGTERMStopsServe(t *testing.T) {
 	f := newFixture(t, "api")
 	done := serve(context.Background(), Config{}, f.ready, []Server{f.server})
 	// Serve subscribes to signals before it marks itself ready.
-	eventually(t, "ready", f.ready.Ready)
+	poll.Until(t, 10*time.Second, "ready", f.ready.Ready)
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

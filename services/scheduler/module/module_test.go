@@ -14,6 +14,7 @@ import (
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/auth/authtest"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/wire"
 	gateway "streamspace.dev/services/agent-gateway"
@@ -537,20 +538,9 @@ func TestAgentAnnouncementPlacesAtOnce(t *testing.T) {
 		w.loop.Run(ctx)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	// waitFor polls cond until it holds; the deadline only bounds a broken run.
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("gave up waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
 	// The listener has no readiness signal; its connection's last statement is its
 	// second LISTEN once it listens to both channels.
-	waitFor("the loop listens", func() bool {
+	poll.Until(t, time.Minute, "the loop listens", func() bool {
 		var n int
 		if err := w.env.Pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
 			WHERE datname = current_database() AND query = $1`, "LISTEN "+pgx.Identifier{gateway.AgentsChannel}.Sanitize()).Scan(&n); err != nil {
@@ -567,20 +557,20 @@ func TestAgentAnnouncementPlacesAtOnce(t *testing.T) {
 	s1 := w.create(u, "1")
 	// The create's own announcement (sessions.WorkChannel) runs a pass, which finds no
 	// room; a pass announces nothing more.
-	waitFor("the session waits for room", phase(s1.ID, sessions.PhaseScheduling, sessions.ReasonNoAgentFits))
+	poll.Until(t, time.Minute, "the session waits for room", phase(s1.ID, sessions.PhaseScheduling, sessions.ReasonNoAgentFits))
 	small.cap.CPUAllocatableMillis = 2000
 	if lost, err := w.gw.RecordHeartbeats(w.sys, []gateway.Beat{{Agent: small.id, Conn: small.owner.Conn, Capacity: small.cap}}); err != nil || len(lost) > 0 {
 		t.Fatalf("heartbeat: %v %v", lost, err)
 	}
-	waitFor("the session is placed after the capacity change", phase(s1.ID, sessions.PhaseStarting, sessions.ReasonPlaced))
+	poll.Until(t, time.Minute, "the session is placed after the capacity change", phase(s1.ID, sessions.PhaseStarting, sessions.ReasonPlaced))
 	if got := w.get(s1.ID); got.AgentID != string(small.id) {
 		t.Fatalf("placed on %s, want %s", got.AgentID, small.id)
 	}
 
 	s2 := w.create(u, "2") // 1500m are left on small
-	waitFor("the second session waits for room", phase(s2.ID, sessions.PhaseScheduling, sessions.ReasonNoAgentFits))
+	poll.Until(t, time.Minute, "the second session waits for room", phase(s2.ID, sessions.PhaseScheduling, sessions.ReasonNoAgentFits))
 	big := w.agent("big", 4000) // enrolled, claimed and its hello recorded
-	waitFor("the second session is placed on the new agent", phase(s2.ID, sessions.PhaseStarting, sessions.ReasonPlaced))
+	poll.Until(t, time.Minute, "the second session is placed on the new agent", phase(s2.ID, sessions.PhaseStarting, sessions.ReasonPlaced))
 	if got := w.get(s2.ID); got.AgentID != string(big.id) {
 		t.Fatalf("placed on %s, want %s", got.AgentID, big.id)
 	}

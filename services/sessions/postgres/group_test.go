@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/services/sessions"
 	"streamspace.dev/services/sessions/postgres"
 	"streamspace.dev/tenants/tenantstest"
@@ -130,17 +131,6 @@ func TestGroupedCreateOfGoneCallerIsDropped(t *testing.T) {
 	if _, _, err := store.Create(ctx, record("alice"), nil, "alice"); err != nil { // the usage rows now exist
 		t.Fatal(err)
 	}
-	// waitFor polls cond: the states it waits for have no event to wait on.
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("gave up waiting until %s", what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 	// waitsForLock says whether one of the test database's backends waits for a lock,
 	// in a statement containing fragment, and no other backend does.
 	waitsForLock := func(fragment string) func() bool {
@@ -182,9 +172,9 @@ func TestGroupedCreateOfGoneCallerIsDropped(t *testing.T) {
 		return c
 	}
 	leader := start()
-	waitFor("the leader waits for the usage row", waitsForLock("u.sessions + 1")) // charge's upsert
+	poll.Until(t, time.Minute, "the leader waits for the usage row", waitsForLock("u.sessions + 1")) // charge's upsert
 	queued := []*create{start(), start(), start(), start()}
-	waitFor("four creates queue", func() bool { return postgres.QueuedCreates(store, tn.ID) == 4 })
+	poll.Until(t, time.Minute, "four creates queue", func() bool { return postgres.QueuedCreates(store, tn.ID) == 4 })
 	early := queued[3]
 	early.cancel()
 	if r := <-early.done; !errors.Is(r.err, context.Canceled) {
@@ -194,7 +184,7 @@ func TestGroupedCreateOfGoneCallerIsDropped(t *testing.T) {
 	if r := <-leader.done; !errors.Is(r.err, context.Canceled) {
 		t.Fatalf("the leader's caller gave up, and got %+v %v", r.s, r.err)
 	}
-	waitFor("the group waits for the usage row", waitsForLock("SET subject = u.subject")) // the group's first lock
+	poll.Until(t, time.Minute, "the group waits for the usage row", waitsForLock("SET subject = u.subject")) // the group's first lock
 	gone := queued[1]
 	gone.cancel()
 	if r := <-gone.done; !errors.Is(r.err, context.Canceled) {
