@@ -419,6 +419,13 @@ func checkControlPlane(t *testing.T, applied map[string][]obj) {
 			t.Errorf("%s not set", k)
 		}
 	}
+	// Replicas forward session streams to each other at the pod's own address.
+	if str(env["POD_IP"], "valueFrom", "fieldRef", "fieldPath") != "status.podIP" {
+		t.Errorf("POD_IP = %v, want the pod's IP", env["POD_IP"])
+	}
+	if v := env["STREAMSPACE_GATEWAY_ADVERTISE_URL"]["value"]; v != "http://$(POD_IP):8080" {
+		t.Errorf("STREAMSPACE_GATEWAY_ADVERTISE_URL = %v, want the pod's IP on the HTTP port", v)
+	}
 	if len(applied["PodDisruptionBudget"]) != 1 {
 		t.Errorf("%d PodDisruptionBudgets, want 1", len(applied["PodDisruptionBudget"]))
 	}
