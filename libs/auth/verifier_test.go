@@ -356,6 +356,12 @@ func TestVerifyRemembers(t *testing.T) {
 		}
 		return key, nil
 	})
+	// setKey changes what the key source returns for the token's kid.
+	setKey := func(k ed25519.PublicKey) {
+		mu.Lock()
+		key = k
+		mu.Unlock()
+	}
 	c := newClock()
 	c.t = t0
 	v := newVerifier(t, keys, c.Now)
@@ -379,27 +385,19 @@ func TestVerifyRemembers(t *testing.T) {
 		t.Fatalf("a caller's change reached the remembered principal: %v", p.Scopes)
 	}
 	// The kid now names another key: the remembered token is checked again and fails.
-	mu.Lock()
-	key = other.PublicKey()
-	mu.Unlock()
+	setKey(other.PublicKey())
 	_, err := v.Verify(context.Background(), raw)
 	wantCode(t, err, apperr.Unauthenticated)
 	// The right key again, then withdrawn.
-	mu.Lock()
-	key = s.PublicKey()
-	mu.Unlock()
+	setKey(s.PublicKey())
 	if _, err := v.Verify(context.Background(), raw); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	key = nil
-	mu.Unlock()
+	setKey(nil)
 	_, err = v.Verify(context.Background(), raw)
 	wantCode(t, err, apperr.Unauthenticated)
 	// Back, then expired (beyond the leeway): refused with the full check's message.
-	mu.Lock()
-	key = s.PublicKey()
-	mu.Unlock()
+	setKey(s.PublicKey())
 	if _, err := v.Verify(context.Background(), raw); err != nil {
 		t.Fatal(err)
 	}
