@@ -50,6 +50,7 @@ type Subscription struct {
 	mu      sync.Mutex
 	pending map[ID]struct{}
 	order   []ID
+	resync  bool
 }
 
 // Subscribe admits changes of tenant t and, when owner is not empty, of that owner only.
@@ -68,13 +69,33 @@ func (s *Subscription) Close() {
 	s.hub.mu.Unlock()
 }
 
-// Take returns the sessions changed since the last call, in the order first seen.
-func (s *Subscription) Take() []ID {
+// Take returns the sessions changed since the last call, in the order first seen, and
+// whether the subscriber must resync: changes may have been missed (see Hub.Resync), so
+// it should read everything it shows again.
+func (s *Subscription) Take() (changed []ID, resync bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := s.order
-	s.order, s.pending = nil, map[ID]struct{}{}
-	return out
+	changed, resync = s.order, s.resync
+	s.order, s.pending, s.resync = nil, map[ID]struct{}{}, false
+	return changed, resync
+}
+
+// Resync tells every subscriber that notices may have been lost, as they are while the
+// process's LISTEN connection is down: each reads its sessions again. NOTIFY is not
+// queued for a listener that is not connected, so without this a live stream would show
+// a stale state until the session's next change.
+func (h *Hub) Resync() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		s.mu.Lock()
+		s.resync = true
+		s.mu.Unlock()
+		select {
+		case s.Ready <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Publish hands c to every subscriber it concerns.

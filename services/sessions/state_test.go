@@ -196,13 +196,34 @@ func TestHubFilters(t *testing.T) {
 	h.Publish(Change{Tenant: "abcdefghijkl", Session: "ses_aaaaaaaaaaaaaaaaaaaa", Owner: "alice"})
 	h.Publish(Change{Tenant: "abcdefghijkl", Session: "ses_bbbbbbbbbbbbbbbbbbbb", Owner: "bob"})
 	h.Publish(Change{Tenant: "abcdefghijkl", Session: "ses_aaaaaaaaaaaaaaaaaaaa", Owner: "alice"})
-	if got := member.Take(); len(got) != 1 || got[0] != "ses_aaaaaaaaaaaaaaaaaaaa" {
-		t.Errorf("member got %v", got)
+	if got, resync := member.Take(); len(got) != 1 || got[0] != "ses_aaaaaaaaaaaaaaaaaaaa" || resync {
+		t.Errorf("member got %v (resync %v)", got, resync)
 	}
-	if got := admin.Take(); len(got) != 2 {
+	if got, _ := admin.Take(); len(got) != 2 {
 		t.Errorf("admin got %v", got)
 	}
-	if got := other.Take(); len(got) != 0 {
+	if got, _ := other.Take(); len(got) != 0 {
 		t.Errorf("another tenant got %v", got)
+	}
+	// A resync reaches every subscriber once, whatever its filter.
+	for _, s := range []*Subscription{member, admin, other} {
+		select {
+		case <-s.Ready: // the publishes' wake-up
+		default:
+		}
+	}
+	h.Resync()
+	for name, s := range map[string]*Subscription{"member": member, "admin": admin, "other": other} {
+		select {
+		case <-s.Ready:
+		default:
+			t.Errorf("%s was not woken by the resync", name)
+		}
+		if got, resync := s.Take(); len(got) != 0 || !resync {
+			t.Errorf("%s after a resync: %v, resync %v", name, got, resync)
+		}
+		if _, resync := s.Take(); resync {
+			t.Errorf("%s: the resync was reported twice", name)
+		}
 	}
 }

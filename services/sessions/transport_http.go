@@ -197,7 +197,28 @@ func WatchHandler(svc Service, hub *Hub, heartbeat time.Duration, logger *slog.L
 			}
 			return true
 		}
+		// shown holds the sessions this stream has shown, so that a resync can tell the
+		// client about those deleted while notices were lost.
+		shown := map[ID]bool{}
+		// show sends the current state of session id, or its deletion.
+		show := func(id ID) bool {
+			s, err := svc.Get(ctx, id)
+			switch {
+			case apperr.IsCode(err, apperr.NotFound):
+				// The hub only admits the caller's own (or, for admins, the tenant's)
+				// sessions, and shown only holds what the caller saw, so the id of one
+				// that vanished is theirs.
+				delete(shown, id)
+				return send("deleted", map[string]ID{"id": id})
+			case err != nil:
+				logger.DebugContext(ctx, "live stream read failed", "session", id, "err", err)
+				return true
+			}
+			shown[id] = true
+			return send("session", s)
+		}
 		for _, s := range first.Items {
+			shown[s.ID] = true
 			if !send("session", s) {
 				return
 			}
@@ -215,21 +236,32 @@ func WatchHandler(svc Service, hub *Hub, heartbeat time.Duration, logger *slog.L
 				}
 				flusher.Flush()
 			case <-sub.Ready:
-				for _, id := range sub.Take() {
-					s, err := svc.Get(ctx, id)
-					switch {
-					case apperr.IsCode(err, apperr.NotFound):
-						// The hub only admits the caller's own (or, for admins, the
-						// tenant's) sessions, so the id of one that vanished is theirs.
-						if !send("deleted", map[string]ID{"id": id}) {
-							return
-						}
-					case err != nil:
-						logger.DebugContext(ctx, "live stream read failed", "session", id, "err", err)
-					default:
+				changed, resync := sub.Take()
+				seen := map[ID]bool{}
+				if resync {
+					// Notices may have been lost: show the newest page again, then every
+					// session shown before that is not on it (deleted, or just older).
+					page, err := svc.List(ctx, Query{Mine: mine, Limit: MaxLimit})
+					if err != nil {
+						logger.DebugContext(ctx, "live stream resync failed", "err", err)
+					}
+					for _, s := range page.Items {
+						seen[s.ID], shown[s.ID] = true, true
 						if !send("session", s) {
 							return
 						}
+					}
+					for id := range shown {
+						changed = append(changed, id)
+					}
+				}
+				for _, id := range changed {
+					if seen[id] {
+						continue
+					}
+					seen[id] = true
+					if !show(id) {
+						return
 					}
 				}
 				flusher.Flush()

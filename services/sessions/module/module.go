@@ -302,6 +302,9 @@ func (c *Controller) listenOnce(ctx context.Context) error {
 	}
 	c.listening.Store(true)
 	defer c.listening.Store(false)
+	// Notices sent while no LISTEN was held are gone: live streams read their sessions
+	// again (the first time there is nothing to catch up on, and few streams to ask).
+	c.hub.Resync()
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/auth/authtest"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/server"
 	"streamspace.dev/libs/tenant"
 	"streamspace.dev/services/catalog"
@@ -619,6 +620,41 @@ func TestLiveStreamShowsOnlyWhatTheCallerMaySee(t *testing.T) {
 	check("globex", globexStream, func(e sseEvent) bool { return e.ID == theirs.ID })
 	// A stream needs a token.
 	h.expect(h.do("GET", sessions.WatchPath, "", nil), 401, "unauthenticated")
+}
+
+// The live stream catches up on what changed while this process's LISTEN connection was
+// down: PostgreSQL does not queue a NOTIFY for a listener that is not connected, so once
+// the listener is back every stream reads its sessions again (Hub.Resync) and shows the
+// changes it was never told about, deletions included.
+func TestLiveStreamCatchesUpAfterListenerLoss(t *testing.T) {
+	h := start(t)
+	alice := h.token(h.acme, "alice", auth.RoleMember)
+	kept := h.create(alice, map[string]any{"template": "desk"})
+	gone := h.create(alice, map[string]any{"template": "desk"})
+	stream := h.watch(alice, "")
+	stream.waitFor(t, "the snapshot", func(e sseEvent) bool { return e.ID == gone.ID })
+
+	bg := context.Background()
+	if _, err := h.env.Pool.Exec(bg, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()`); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, time.Minute, "the controller notices its listener is gone", func() bool { return !h.mod.Controller().Listening() })
+	// Changes that send no notice, as if sent while nobody listened.
+	schema := pgx.Identifier{h.acme.Schema()}.Sanitize()
+	for _, q := range []struct {
+		sql string
+		id  sessions.ID
+	}{
+		{`UPDATE ` + schema + `.sessions SET phase = 'Failed', reason = 'Missed' WHERE id = $1`, kept.ID},
+		{`UPDATE ` + schema + `.sessions SET deleted_at = now() WHERE id = $1`, gone.ID},
+	} {
+		if tag, err := h.env.Pool.Exec(bg, q.sql, string(q.id)); err != nil || tag.RowsAffected() != 1 {
+			t.Fatalf("%s: %v (%d rows)", q.sql, err, tag.RowsAffected())
+		}
+	}
+	stream.waitFor(t, "the missed failure", func(e sseEvent) bool { return e.ID == kept.ID && e.Phase == sessions.PhaseFailed })
+	stream.waitFor(t, "the missed deletion", func(e sseEvent) bool { return e.Event == "deleted" && e.ID == gone.ID })
 }
 
 // A session that streams is active in what the API shows: once the gateway records its
