@@ -2,22 +2,20 @@
 // QUIC tunnels and HTTPS enrollment on --agent-listen, the admin API on --listen. See
 // --help for its settings.
 //
-// Memory: an idle tunnel keeps about 35 KiB of live heap (mostly quic-go's and
-// crypto/tls's per-connection state) and about 25 KiB of goroutine stacks; with Go's
-// default GOGC=100 the heap is allowed to grow to twice its live size before a
-// collection, which is most of the rest of the resident set (about 100 KiB per idle
-// agent, measured with 2,000 agents). The Go runtime honours GOGC and GOMEMLIMIT from
-// the environment: GOGC=50 measured about 91 KiB per agent for roughly a fifth more CPU,
-// and a GOMEMLIMIT somewhat above the expected fleet's need (plus the container's
-// headroom) lets the heap grow freely until it nears the limit and collect harder only
-// then. With 10,000 agents on a busy machine, quic-go's 20 KiB GSO send buffers, held
-// while its send path fell behind, were another 28 KiB per agent;
-// QUIC_GO_DISABLE_GSO=true made them 1.4 KiB packet buffers (113 KiB RSS per agent
-// became 107, and 90 with GOGC=50 as well), at a cost to bulk session streams that was
-// not measured. The UDP
-// socket's receive buffer matters at scale: quic-go asks for 7 MiB and,
-// without CAP_NET_ADMIN, gets at most net.core.rmem_max (it logs when it cannot), so
-// raise that sysctl on gateway hosts.
+// Memory: an idle tunnel keeps about 37 KiB of live heap (mostly quic-go's and
+// crypto/tls's per-connection state: handshake buffers, AEADs, the peer certificate) and
+// about 25 KiB of goroutine stacks. With Go's default GOGC=100 the heap may grow to twice
+// its live size before a collection, which made 104-109 KiB of resident memory per idle
+// agent at 10,000 agents. This command therefore collects at GOGC=50 unless GOGC is set
+// in the environment: 91 KiB per agent, and at idle, with heartbeats the only traffic,
+// no CPU cost that rose above the run-to-run noise (26.6% of a core against 22.5-29.4%
+// at GOGC=100; BenchmarkScaleIdleAgents). GOMEMLIMIT is honoured as usual. On a busy
+// machine quic-go's 20 KiB GSO send buffers, held while its send path falls behind, can
+// add tens of KiB per agent; QUIC_GO_DISABLE_GSO=true makes them 1.4 KiB packet
+// buffers, at a cost to bulk session streams that was not measured. The UDP socket's
+// receive buffer matters at scale: quic-go asks for 7 MiB and, without CAP_NET_ADMIN,
+// gets at most net.core.rmem_max (it logs when it cannot), so raise that sysctl on
+// gateway hosts.
 package main
 
 import (
@@ -26,6 +24,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"streamspace.dev/libs/config"
@@ -34,7 +34,13 @@ import (
 	"streamspace.dev/services/agent-gateway/postgres"
 )
 
+// gcPercent is the collector's target when GOGC is not set (see the package doc).
+const gcPercent = 50
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	var cfg gateway.Config
 	var debugListen string
 	server.MainFlags(gateway.Name, func(fs *flag.FlagSet) {
