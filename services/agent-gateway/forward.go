@@ -34,7 +34,7 @@ const (
 	forwardAnswerTimeout = 2 * streamAckTimeout
 )
 
-// ownerStaleAfter is the age beyond which an owner row is not forwarded to.
+// ownerStaleAfter is the age of an owning replica's row beyond which it is not forwarded to.
 func (g *Gateway) ownerStaleAfter() time.Duration { return ownerStaleBeats * g.cfg.OwnerHeartbeat }
 
 // AdvertiseURL returns where the other replicas forward streams for this replica's
