@@ -47,7 +47,7 @@ const agentsPerSocket = 1000
 // connects N simulated agents to it (default 10,000; STREAMSPACE_BENCH_AGENTS
 // overrides) from this process, the load generator. Each agent enrolls over HTTPS with
 // its own key, completes the mTLS QUIC handshake and Hello, keeps its tunnel alive with
-// the real agent's 5 s keep-alive, answers pushes, and heartbeats at the interval the
+// the real agent's 12 s keep-alive, answers pushes, and heartbeats at the interval the
 // gateway names (its production default, 10 s), the first beat at a random offset so
 // the load is spread as a real fleet's would be.
 //
@@ -98,9 +98,11 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		time.Sleep(15 * time.Second)
 		rss1, heap1, go1 := gw.rss(b), gw.heapInuse(b), gw.goStats(b)
 		cpu0, wall0 := gw.cpu(b), time.Now()
+		udp0, beats0 := udpDatagrams(b), fleet.beats.Load()
 		profiled := gw.profile(b, "cpu", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(window.Seconds())))
 		time.Sleep(window)
 		cpu1, wall1 := gw.cpu(b), time.Now()
+		udp1, beats1 := udpDatagrams(b), fleet.beats.Load()
 		<-profiled
 		<-gw.profile(b, "heap", "/debug/pprof/heap")
 		<-gw.profile(b, "goroutine", "/debug/pprof/goroutine")
@@ -122,6 +124,13 @@ func BenchmarkScaleIdleAgents(b *testing.B) {
 		// The same CPU per agent: less sensitive to how busy the machine is than the
 		// share of a core, though a busy machine still batches packets differently.
 		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/wall1.Sub(wall0).Seconds()/float64(n), "gw_cpu_us/agent/s")
+		// Every datagram either side received in the window, per heartbeat the fleet sent:
+		// 2 is the floor (the heartbeat and its acknowledgement); more means pings or
+		// acknowledgements of acknowledgements. The count is the host's (loopback carries
+		// both sides), so other UDP traffic on the machine inflates it.
+		if beats := beats1 - beats0; beats > 0 {
+			b.ReportMetric(float64(udp1-udp0)/float64(beats), "udp_datagrams/heartbeat")
+		}
 		b.ReportMetric(enrolled.Seconds(), "enroll_s")
 		b.ReportMetric(connected.Seconds(), "connect_s")
 		b.ReportMetric(float64(connectCPU.Microseconds())/1000/float64(n), "gw_cpu_ms/connect")
@@ -338,6 +347,38 @@ func (g *gwProc) cpu(b *testing.B) time.Duration {
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// udpDatagrams is the host's count of UDP datagrams received (InDatagrams in
+// /proc/net/snmp).
+func udpDatagrams(b *testing.B) int64 {
+	b.Helper()
+	raw, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var names []string
+	for line := range strings.Lines(string(raw)) {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "InDatagrams" && i < len(f) {
+				n, err := strconv.ParseInt(f[i], 10, 64)
+				if err != nil {
+					b.Fatalf("/proc/net/snmp: %v", err)
+				}
+				return n
+			}
+		}
+	}
+	b.Fatal("/proc/net/snmp has no Udp InDatagrams")
+	return 0
 }
 
 // heapInuse is go_memstats_heap_inuse_bytes from the gateway's /metrics, or -1 when it
