@@ -96,3 +96,6 @@ require (
 )
 
 replace streamspace.dev/e2e => ../e2e
+
+// The patched quic-go (libs/third_party/quic-go/README.md); go.work uses the same copy.
+replace github.com/quic-go/quic-go => ../libs/third_party/quic-go

@@ -94,3 +94,6 @@ require (
 	google.golang.org/grpc v1.85.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// The patched quic-go (libs/third_party/quic-go/README.md); go.work uses the same copy.
+replace github.com/quic-go/quic-go => ./third_party/quic-go

@@ -20,3 +20,6 @@ require (
 )
 
 replace streamspace.dev/libs => ../libs
+
+// The patched quic-go (libs/third_party/quic-go/README.md); go.work uses the same copy.
+replace github.com/quic-go/quic-go => ../libs/third_party/quic-go

@@ -102,3 +102,6 @@ replace (
 	streamspace.dev/services/identity => ../identity
 	streamspace.dev/tenants => ../../tenants
 )
+
+// The patched quic-go (libs/third_party/quic-go/README.md); go.work uses the same copy.
+replace github.com/quic-go/quic-go => ../../libs/third_party/quic-go

@@ -97,3 +97,6 @@ require (
 replace streamspace.dev/libs => ../../libs
 
 replace streamspace.dev/tenants => ../../tenants
+
+// The patched quic-go (libs/third_party/quic-go/README.md); go.work uses the same copy.
+replace github.com/quic-go/quic-go => ../../libs/third_party/quic-go

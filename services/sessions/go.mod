@@ -109,3 +109,6 @@ replace streamspace.dev/services/agent-gateway => ../agent-gateway
 replace streamspace.dev/tenants => ../../tenants
 
 replace streamspace.dev/services/identity => ../identity
+
+// The patched quic-go (libs/third_party/quic-go/README.md); go.work uses the same copy.
+replace github.com/quic-go/quic-go => ../../libs/third_party/quic-go

@@ -115,3 +115,6 @@ replace (
 )
 
 replace streamspace.dev/agent => ../../agent
+
+// The patched quic-go (libs/third_party/quic-go/README.md); go.work uses the same copy.
+replace github.com/quic-go/quic-go => ../../libs/third_party/quic-go
