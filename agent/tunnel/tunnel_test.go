@@ -312,11 +312,11 @@ type agentUnderTest struct {
 	backend *memory.Backend
 	// capacity is the Backend the tunnel sees: backend, with a switch on Capacity.
 	capacity *capacitySwitch
-	rec     *reconcile.Reconciler
-	holder  *enroll.Holder
-	tunnel  *tunnel.Tunnel
-	done    chan error
-	cancel  context.CancelFunc
+	rec      *reconcile.Reconciler
+	holder   *enroll.Holder
+	tunnel   *tunnel.Tunnel
+	done     chan error
+	cancel   context.CancelFunc
 }
 
 func credential(t *testing.T, ca *testpki.CA, notBefore time.Time, ttl time.Duration) *enroll.Credential {
