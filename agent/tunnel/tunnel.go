@@ -244,6 +244,9 @@ type conn struct {
 	log *slog.Logger
 
 	ctrl *wire.Writer
+	// helloCapacity is the capacity Hello reported, nil when the backend could not tell
+	// it: heartbeats of 1.2 report capacity only when it changed since.
+	helloCapacity *wire.Capacity
 
 	// streams tracks every stream handler, so run returns only after all have ended;
 	// applies only the desired-state ones, which shutdown lets finish.
@@ -294,7 +297,7 @@ func (c *conn) run(ctx context.Context, up func()) (err error) {
 	}
 	readerDone := make(chan struct{})
 	loops.Go(func() { defer close(readerDone); errc <- c.readControl(rd) })
-	start(func(ctx context.Context) error { return c.heartbeats(ctx, interval) })
+	start(func(ctx context.Context) error { return c.heartbeats(ctx, interval, ack.Accepted) })
 	start(func(ctx context.Context) error { return c.statuses(ctx, ack.DesiredChecksum) })
 	start(c.acceptStreams)
 	start(c.renewals)
@@ -338,7 +341,7 @@ func (c *conn) hello(ctx context.Context) (*wire.HelloAck, *wire.Reader, error) 
 		c.log.WarnContext(ctx, "backend facts unavailable for hello", "err", err)
 	}
 	if capa, err := c.t.cfg.Backend.Capacity(ctx); err == nil {
-		hello.Capacity = capa
+		hello.Capacity, c.helloCapacity = capa, &capa
 	} else {
 		c.log.WarnContext(ctx, "backend capacity unavailable for hello", "err", err)
 	}
@@ -396,9 +399,13 @@ func (c *conn) readControl(rd *wire.Reader) error {
 	}
 }
 
-func (c *conn) heartbeats(ctx context.Context, every time.Duration) error {
+// heartbeats sends a heartbeat every interval. Which beats carry capacity depends on the
+// accepted version (wire.CapacityReporter): under 1.2 only those whose capacity changed,
+// and every wire.CapacityRefresh-th, so that the gateway decodes a few bytes for most.
+func (c *conn) heartbeats(ctx context.Context, every time.Duration, accepted wire.Version) error {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	report := wire.NewCapacityReporter(accepted, c.helloCapacity)
 	var seq uint64
 	for {
 		select {
@@ -407,14 +414,15 @@ func (c *conn) heartbeats(ctx context.Context, every time.Duration) error {
 		case <-tick.C:
 		}
 		seq++
-		hb := &wire.Heartbeat{Seq: seq}
-		capa, err := c.t.cfg.Backend.Capacity(ctx)
-		if err != nil {
-			// A heartbeat without capacity still proves liveness; the last known capacity
-			// stays in the registry.
+		var now *wire.Capacity
+		if capa, err := c.t.cfg.Backend.Capacity(ctx); err == nil {
+			now = &capa
+		} else {
+			// The beat still proves liveness; the registry keeps the last capacity it was
+			// told rather than zeros.
 			c.log.WarnContext(ctx, "backend capacity unavailable", "err", err)
 		}
-		hb.Capacity = capa
+		hb := &wire.Heartbeat{Seq: seq, Capacity: report.Next(now)}
 		if err := c.ctrl.Write(hb); err != nil {
 			return fmt.Errorf("sending heartbeat: %w", err)
 		}

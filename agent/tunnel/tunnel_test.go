@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -56,6 +57,8 @@ type gateway struct {
 	hellos atomic.Int32
 	// checksum is sent in HelloAck.
 	checksum string
+	// accept is the version HelloAck accepts; wire.Current when zero.
+	accept wire.Version
 	// verify, when set, checks the client certificate during the handshake.
 	verify func(*x509.Certificate) error
 
@@ -180,7 +183,11 @@ func (g *gateway) serve(qc *quic.Conn) {
 		_ = qc.CloseWithError(quic.ApplicationErrorCode(refuse.code), "refused")
 		return
 	}
-	if err := w.Write(&wire.HelloAck{GatewayID: "gw-test", Accepted: wire.Current, HeartbeatInterval: 50 * time.Millisecond, DesiredChecksum: g.checksum}); err != nil {
+	accepted := g.accept
+	if accepted == (wire.Version{}) {
+		accepted = wire.Current
+	}
+	if err := w.Write(&wire.HelloAck{GatewayID: "gw-test", Accepted: accepted, HeartbeatInterval: 50 * time.Millisecond, DesiredChecksum: g.checksum}); err != nil {
 		return
 	}
 	c := &gwConn{qc: qc, hello: hello, peer: qc.ConnectionState().TLS.PeerCertificates[0], msgs: make(chan wire.Message, 1024), ctrlW: w}
@@ -303,11 +310,13 @@ func statusOf(id wire.SessionID, phase wire.Phase) func(wire.Message) bool {
 
 type agentUnderTest struct {
 	backend *memory.Backend
-	rec     *reconcile.Reconciler
-	holder  *enroll.Holder
-	tunnel  *tunnel.Tunnel
-	done    chan error
-	cancel  context.CancelFunc
+	// capacity is the Backend the tunnel sees: backend, with a switch on Capacity.
+	capacity *capacitySwitch
+	rec      *reconcile.Reconciler
+	holder   *enroll.Holder
+	tunnel   *tunnel.Tunnel
+	done     chan error
+	cancel   context.CancelFunc
 }
 
 func credential(t *testing.T, ca *testpki.CA, notBefore time.Time, ttl time.Duration) *enroll.Credential {
@@ -336,13 +345,14 @@ func startAgent(t *testing.T, g *gateway, cred *enroll.Credential) *agentUnderTe
 	if err := rec.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a := &agentUnderTest{backend: b, rec: rec, holder: enroll.NewHolder(cred, enroll.Store{Dir: t.TempDir()}), done: make(chan error, 1), cancel: cancel}
+	a := &agentUnderTest{backend: b, capacity: &capacitySwitch{Backend: b}, rec: rec,
+		holder: enroll.NewHolder(cred, enroll.Store{Dir: t.TempDir()}), done: make(chan error, 1), cancel: cancel}
 	a.tunnel = tunnel.New(tunnel.Config{
 		Addr:         g.addr,
 		RootCAs:      g.ca.Pool,
 		Credential:   a.holder,
 		Reconciler:   rec,
-		Backend:      b,
+		Backend:      a.capacity,
 		AgentVersion: "test",
 		Tags:         []string{"gpu", "zone=eu-west-1a"},
 		KeepAlive:    time.Second,
@@ -355,6 +365,50 @@ func startAgent(t *testing.T, g *gateway, cred *enroll.Credential) *agentUnderTe
 	go func() { a.done <- a.tunnel.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-a.done; rec.Wait() })
 	return a
+}
+
+// capacitySwitch is the memory backend with a switch on Capacity: while down, Capacity
+// fails, as a cluster whose metrics cannot be read does. It counts the calls, so a test
+// knows which heartbeats were computed while down: on an agent's first connection,
+// Hello makes call 1 and heartbeat seq makes call seq+1.
+type capacitySwitch struct {
+	*memory.Backend
+	mu    sync.Mutex
+	calls int
+	down  bool
+}
+
+// Capacity implements agent.Backend.
+func (s *capacitySwitch) Capacity(ctx context.Context) (wire.Capacity, error) {
+	s.mu.Lock()
+	s.calls++
+	down := s.down
+	s.mu.Unlock()
+	if down {
+		return wire.Capacity{}, errors.New("metrics unavailable")
+	}
+	return s.Backend.Capacity(ctx)
+}
+
+// set turns Capacity down or up and returns how many calls came before.
+func (s *capacitySwitch) set(down bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = down
+	return s.calls
+}
+
+// count returns how many calls came so far.
+func (s *capacitySwitch) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
+// heartbeat returns the next heartbeat on the control stream.
+func (c *gwConn) heartbeat(t *testing.T) *wire.Heartbeat {
+	t.Helper()
+	return c.await(t, "heartbeat", func(m wire.Message) bool { _, ok := m.(*wire.Heartbeat); return ok }).(*wire.Heartbeat)
 }
 
 func as(id string, gen int64, d wire.Desired) wire.Assignment {
@@ -402,7 +456,10 @@ func TestTunnelHelloHeartbeatPushAckStatusAndReconnect(t *testing.T) {
 		t.Fatalf("acks = %v", got)
 	}
 	c.await(t, "s1 running", statusOf("s1", wire.PhaseRunning))
-	c.await(t, "heartbeat counting s1", func(m wire.Message) bool { hb, ok := m.(*wire.Heartbeat); return ok && hb.Capacity.Sessions == 1 })
+	c.await(t, "heartbeat counting s1", func(m wire.Message) bool {
+		hb, ok := m.(*wire.Heartbeat)
+		return ok && hb.Capacity != nil && hb.Capacity.Sessions == 1
+	})
 
 	// The gateway restarts; the agent comes back by itself, announces itself again and
 	// reports its full status, and the re-sent full set (plus new work) is reconciled:
@@ -628,5 +685,102 @@ func TestTunnelRevokedCloseCodeIsPermanent(t *testing.T) {
 		}
 	case <-time.After(waitFor):
 		t.Fatal("agent kept retrying after CloseRevoked")
+	}
+}
+
+// beatAfter returns the first heartbeat computed after the backend's call number n, on
+// the agent's first connection (see capacitySwitch).
+func (c *gwConn) beatAfter(t *testing.T, n int) *wire.Heartbeat {
+	t.Helper()
+	for {
+		if hb := c.heartbeat(t); int(hb.Seq)+1 > n {
+			return hb
+		}
+	}
+}
+
+func capString(c *wire.Capacity) string {
+	if c == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%+v", *c)
+}
+
+// Under 1.2 a heartbeat carries capacity only when it changed since the last one the
+// connection reported (Hello's included) and on every wire.CapacityRefresh-th beat; a
+// capacity the backend cannot tell is omitted, never sent as zeros.
+func TestTunnelHeartbeatCapacityOnChangeAndRefresh(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	c := g.next(t)
+	hello := c.hello.Capacity
+	if hello.CPUAllocatableMillis != 4000 {
+		t.Fatalf("hello capacity %+v", hello)
+	}
+	// An idle agent's capacity does not change: only the refresh beats carry it.
+	for seq := uint64(1); seq <= 2*wire.CapacityRefresh; seq++ {
+		hb := c.heartbeat(t)
+		if hb.Seq != seq {
+			t.Fatalf("heartbeat seq %d, want %d", hb.Seq, seq)
+		}
+		refresh := seq%wire.CapacityRefresh == 0
+		if refresh && (hb.Capacity == nil || *hb.Capacity != hello) || !refresh && hb.Capacity != nil {
+			t.Fatalf("heartbeat %d carries %s; want Hello's capacity on every %dth beat only", seq, capString(hb.Capacity), wire.CapacityRefresh)
+		}
+	}
+
+	// A change goes out with the next beat, and the beat after it is liveness only.
+	set := []wire.Assignment{as("s1", 1, wire.DesiredRunning)}
+	if got := acksOf(t, c.push(t, &wire.DesiredState{Full: true, Checksum: wire.Checksum(set), Assignments: set})); got["s1"] != 1 {
+		t.Fatalf("acks = %v", got)
+	}
+	hb := c.beatAfter(t, a.capacity.count())
+	if hb.Capacity == nil || hb.Capacity.Sessions != 1 {
+		t.Fatalf("first heartbeat after s1 was applied carries %s, want 1 session", capString(hb.Capacity))
+	}
+	if hb := c.heartbeat(t); hb.Capacity != nil {
+		t.Fatalf("heartbeat after the change carries %s again", capString(hb.Capacity))
+	}
+
+	// While the backend cannot tell its capacity no beat carries one, though refreshes
+	// fall due; the first beat after it recovers does.
+	down := a.capacity.set(true)
+	for n := 0; n < 2*wire.CapacityRefresh; n++ {
+		if hb := c.beatAfter(t, down); hb.Capacity != nil {
+			t.Fatalf("heartbeat %d carries %s while the backend cannot tell its capacity", hb.Seq, capString(hb.Capacity))
+		}
+	}
+	hb = c.beatAfter(t, a.capacity.set(false))
+	if hb.Capacity == nil || hb.Capacity.Sessions != 1 {
+		t.Fatalf("first heartbeat after the backend recovered carries %s", capString(hb.Capacity))
+	}
+}
+
+// A 1.1 gateway reads a missing capacity as zeros: every heartbeat carries one, and
+// while the backend cannot tell it, the last one reported.
+func TestTunnelHeartbeatCapacityToOlderGateway(t *testing.T) {
+	t.Parallel()
+	ca := testpki.New(t)
+	g := newGateway(t, ca)
+	g.accept = wire.Version{Major: 1, Minor: 1}
+	a := startAgent(t, g, credential(t, ca, time.Now().Add(-time.Hour), 24*time.Hour))
+	c := g.next(t)
+	hello := c.hello.Capacity
+	if c.hello.Protocol != wire.Current || hello.CPUAllocatableMillis != 4000 {
+		t.Fatalf("hello %+v", c.hello)
+	}
+	for range 2 * wire.CapacityRefresh {
+		if hb := c.heartbeat(t); hb.Capacity == nil || *hb.Capacity != hello {
+			t.Fatalf("heartbeat %d to a 1.1 gateway carries %s, want %+v", hb.Seq, capString(hb.Capacity), hello)
+		}
+	}
+	down := a.capacity.set(true)
+	for range wire.CapacityRefresh {
+		if hb := c.beatAfter(t, down); hb.Capacity == nil || *hb.Capacity != hello {
+			t.Fatalf("heartbeat %d to a 1.1 gateway while the backend cannot tell carries %s, want the last reported %+v",
+				hb.Seq, capString(hb.Capacity), hello)
+		}
 	}
 }

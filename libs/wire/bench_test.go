@@ -36,10 +36,16 @@ func benchRoundTrip(b *testing.B, stream StreamType, msg Message) {
 }
 
 func BenchmarkHeartbeat(b *testing.B) {
-	benchRoundTrip(b, StreamControl, &Heartbeat{Seq: 1 << 40, Capacity: Capacity{
+	benchRoundTrip(b, StreamControl, &Heartbeat{Seq: 1 << 40, Capacity: &Capacity{
 		CPUAllocatableMillis: 64000, CPUUsedMillis: 14500, MemoryAllocatableBytes: 256 << 30,
 		MemoryUsedBytes: 52 << 30, Sessions: 8, MaxSessions: 50,
 	}})
+}
+
+// BenchmarkHeartbeatLiveness is a heartbeat without capacity (since 1.2), what five of
+// every CapacityRefresh beats of an agent with steady capacity are.
+func BenchmarkHeartbeatLiveness(b *testing.B) {
+	benchRoundTrip(b, StreamControl, &Heartbeat{Seq: 1 << 40})
 }
 
 func BenchmarkDesiredState100(b *testing.B) {

@@ -76,10 +76,12 @@ func TestCloseCodeForVersion(t *testing.T) {
 // 1.0 encoding must keep decoding to the same value (absent 1.1 fields as zero values).
 func TestVersion10StaysReadable(t *testing.T) {
 	t.Parallel()
-	raw, _ := hex.DecodeString("f5535357010001")
-	p, err := NewReader(bytes.NewReader(raw), 0).ReadPreamble()
-	if err != nil || p != (Preamble{Version: Version{1, 0}, Stream: StreamControl}) {
-		t.Fatalf("1.0 control preamble: %+v, %v", p, err)
+	for pre, v := range map[string]Version{"f5535357010001": {1, 0}, "f5535357010101": {1, 1}} {
+		raw, _ := hex.DecodeString(pre)
+		p, err := NewReader(bytes.NewReader(raw), 0).ReadPreamble()
+		if err != nil || p != (Preamble{Version: v, Stream: StreamControl}) {
+			t.Fatalf("%s control preamble: %+v, %v", v, p, err)
+		}
 	}
 	// hello.golden is a 1.0 agent's Hello: no tags, no applied checksum.
 	b, err := os.ReadFile(filepath.Join("testdata", "hello.golden"))

@@ -205,8 +205,13 @@ func (m *HelloAck) validate() error {
 // Heartbeat is the agent's periodic liveness and capacity report on the control stream.
 type Heartbeat struct {
 	// Seq increases by one per heartbeat on a connection, so gaps show lost beats.
-	Seq      uint64   `json:"seq"`
-	Capacity Capacity `json:"capacity"`
+	Seq uint64 `json:"seq"`
+	// Capacity is the agent's capacity now. Nil (absent on the wire) means "unchanged
+	// since the last capacity this connection reported", in Hello or a heartbeat: the
+	// beat is liveness only. Since 1.2; an agent sends a heartbeat without capacity only
+	// when the accepted minor is at least 2, because an older gateway reads the absence
+	// as zeros. CapacityReporter decides which beats carry it.
+	Capacity *Capacity `json:"capacity,omitempty"`
 }
 
 // Type implements Message.

@@ -39,10 +39,12 @@ var samples = []struct {
 		GatewayID: "gw-0", Accepted: Version{1, 0}, HeartbeatInterval: 10 * time.Second,
 		DesiredChecksum: Checksum(sampleAssignments(2)),
 	}}},
-	{"heartbeat", StreamControl, Envelope{Message: &Heartbeat{Seq: 42, Capacity: Capacity{
+	{"heartbeat", StreamControl, Envelope{Message: &Heartbeat{Seq: 42, Capacity: &Capacity{
 		CPUAllocatableMillis: 64000, CPUUsedMillis: 14500, MemoryAllocatableBytes: 256 << 30,
 		MemoryUsedBytes: 52 << 30, Sessions: 8,
 	}}}},
+	// Since 1.2: a heartbeat without capacity, liveness only.
+	{"heartbeat_1_2", StreamControl, Envelope{Message: &Heartbeat{Seq: 43}}},
 	{"desired_state", StreamDesiredState, Envelope{TraceParent: sampleTraceParent, Message: &DesiredState{
 		Full: true, Checksum: Checksum(sampleAssignments(2)), Assignments: sampleAssignments(2),
 	}}},

@@ -13,9 +13,11 @@ import (
 //   - 1.0: the initial protocol.
 //   - 1.1: Hello.Tags and Hello.AppliedChecksum (the gateway skips the full push when the
 //     latter matches); the close codes defined here, including the new CloseUnavailable.
+//   - 1.2: Heartbeat.Capacity is optional: a heartbeat without it is liveness only, and
+//     the agent sends capacity on change and every CapacityRefresh-th beat.
 const (
 	Major uint8 = 1
-	Minor uint8 = 1
+	Minor uint8 = 2
 )
 
 // alpnPrefix is the ALPN protocol name without its major version.

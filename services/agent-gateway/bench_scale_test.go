@@ -49,7 +49,9 @@ const agentsPerSocket = 1000
 // its own key, completes the mTLS QUIC handshake and Hello, keeps its tunnel alive with
 // the real agent's 12 s keep-alive, answers pushes, and heartbeats at the interval the
 // gateway names (its production default, 10 s), the first beat at a random offset so
-// the load is spread as a real fleet's would be.
+// the load is spread as a real fleet's would be. Like the real agent it sends capacity
+// only when it changed and on every sixth beat (wire.CapacityReporter, protocol 1.2): an
+// idle agent's capacity does not change, so five beats in six are liveness only.
 //
 // Because the gateway is a separate process, its costs are read from the kernel and
 // from its own /metrics, untouched by the load generator's: memory per idle agent is the
@@ -623,7 +625,10 @@ func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool
 	})
 	f.wg.Go(func() {
 		// The first beat at a random point of the interval, as a fleet started over
-		// time would be; then every interval.
+		// time would be; then every interval. Capacity goes out as the real agent sends
+		// it (wire.CapacityReporter): an idle agent's never changes, so under 1.2 every
+		// wire.CapacityRefresh-th beat carries it, and every beat under 1.0 and 1.1.
+		report := wire.NewCapacityReporter(ack.Accepted, &capacity)
 		var jitter [8]byte
 		_, _ = rand.Read(jitter[:])
 		t := time.NewTimer(time.Duration(uint64(jitter[0])<<8|uint64(jitter[1])) * interval / 65536)
@@ -636,7 +641,7 @@ func (f *fleet) connect(tr *quic.Transport, raddr net.Addr, roots *x509.CertPool
 				return
 			case <-t.C:
 			}
-			if err := w.Write(&wire.Heartbeat{Seq: seq, Capacity: capacity}); err != nil {
+			if err := w.Write(&wire.Heartbeat{Seq: seq, Capacity: report.Next(&capacity)}); err != nil {
 				return
 			}
 			f.beats.Add(1)

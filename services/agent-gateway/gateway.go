@@ -291,9 +291,11 @@ type Ownership struct {
 
 // Beat is the latest heartbeat of one agent's connection, as a batch records it.
 type Beat struct {
-	Agent    AgentID
-	Conn     string
-	Capacity Capacity
+	Agent AgentID
+	Conn  string
+	// Capacity is the newest capacity the connection reported since the last batch; nil
+	// when none of its beats since carried one (wire 1.2): the stored capacity stays.
+	Capacity *Capacity
 }
 
 // Store is the gateway's persistence. Tenant-scoped methods read the tenant from ctx (a
@@ -349,9 +351,10 @@ type Store interface {
 	// Connect is a connection's start in one transaction: Claim, RecordHello and
 	// DesiredSet (tenant-scoped). NotFound: the agent was deleted.
 	Connect(ctx context.Context, id AgentID, o Owner, h Hello) ([]Assignment, error)
-	// RecordHeartbeats stores each beat's capacity and marks its agent online, seen now,
-	// in one statement (tenant-scoped, fenced per beat). It returns the agents whose beat
-	// was refused because its connection no longer owns the agent.
+	// RecordHeartbeats marks each beat's agent online, seen now, and stores its capacity
+	// unless it has none (then the stored one stays), in one statement (tenant-scoped,
+	// fenced per beat). It returns the agents whose beat was refused because its
+	// connection no longer owns the agent.
 	RecordHeartbeats(ctx context.Context, beats []Beat) (lost []AgentID, err error)
 
 	// Assign upserts an assignment and announces it (tenant-scoped). See Service.Assign.

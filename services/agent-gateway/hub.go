@@ -187,17 +187,23 @@ type beats struct {
 	m  map[AgentID]beat
 }
 
-// beat is one tunnel's newest heartbeat.
+// beat is one tunnel's newest heartbeat, with the newest capacity the tunnel reported
+// since the last flush: a heartbeat without capacity (wire 1.2) means "unchanged", so it
+// must not erase one an earlier beat of the same interval carried.
 type beat struct {
 	c        *agentConn
-	capacity Capacity
+	capacity *Capacity
 }
 
-func (b *beats) record(c *agentConn, capacity Capacity) {
+// record notes a heartbeat of c; capacity is nil when the beat carried none.
+func (b *beats) record(c *agentConn, capacity *Capacity) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.m == nil {
 		b.m = map[AgentID]beat{}
+	}
+	if cur, ok := b.m[c.id.Agent]; ok && capacity == nil && cur.c == c {
+		capacity = cur.capacity
 	}
 	b.m[c.id.Agent] = beat{c: c, capacity: capacity}
 }
@@ -221,7 +227,8 @@ func (b *beats) take() map[AgentID]beat {
 	return out
 }
 
-// restore puts back beats whose write failed, unless a newer beat arrived meanwhile.
+// restore puts back beats whose write failed, unless a newer beat arrived meanwhile; a
+// newer beat of the same tunnel without capacity takes the failed beat's.
 func (b *beats) restore(failed []beat) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -229,8 +236,13 @@ func (b *beats) restore(failed []beat) {
 		b.m = map[AgentID]beat{}
 	}
 	for _, x := range failed {
-		if _, newer := b.m[x.c.id.Agent]; !newer {
+		cur, newer := b.m[x.c.id.Agent]
+		switch {
+		case !newer:
 			b.m[x.c.id.Agent] = x
+		case cur.capacity == nil && cur.c == x.c:
+			cur.capacity = x.capacity
+			b.m[x.c.id.Agent] = cur
 		}
 	}
 }

@@ -236,7 +236,7 @@ func TestAgentStateAges(t *testing.T) {
 	}
 	// A heartbeat brings it back, with the capacity it reports, once the replica has
 	// written its batch.
-	if err := ag.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: wire.Capacity{Sessions: 7, MaxSessions: 9}}); err != nil {
+	if err := ag.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: &wire.Capacity{Sessions: 7, MaxSessions: 9}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Second, func() error {

@@ -1003,7 +1003,8 @@ func (c *agentConn) readControl(ctx context.Context, r *wire.Reader) {
 		switch m := env.Message.(type) {
 		case *wire.Heartbeat:
 			// Written with every other tunnel's by heartbeatLoop, which also closes this
-			// one should its claim turn out lost.
+			// one should its claim turn out lost. A beat without capacity (1.2) is
+			// liveness only: the agent's stored capacity stays.
 			c.g.beats.record(c, m.Capacity)
 		case *wire.StatusReport:
 			if errors.Is(c.handleStatus(mctx, m), ErrNotOwner) {

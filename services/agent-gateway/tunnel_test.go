@@ -147,7 +147,7 @@ func TestStatusIntakeAndCrossTenantRefusal(t *testing.T) {
 	if err := agA.ctrlW.Write(&wire.StatusReport{Sessions: []wire.SessionStatus{{SessionID: "shared-name", Phase: wire.PhasePending, ObservedAt: observed.Add(-time.Minute)}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := agA.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: wire.Capacity{Sessions: 1, CPUUsedMillis: 500}}); err != nil {
+	if err := agA.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: &wire.Capacity{Sessions: 1, CPUUsedMillis: 500}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Second, func() error {
@@ -243,7 +243,7 @@ func TestBadInputOverQUIC(t *testing.T) {
 
 	t.Run("unknown message type on control is skipped", func(t *testing.T) {
 		a := rawControl(t, h, e, frame(`{"type":"from_the_future","body":{"x":1}}`), true)
-		if err := a.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: wire.Capacity{CPUUsedMillis: 42}}); err != nil {
+		if err := a.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: &wire.Capacity{CPUUsedMillis: 42}}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 3*time.Second, func() error {
@@ -590,4 +590,92 @@ func TestHandshakeLimitRefusesAtOnce(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// A heartbeat without capacity (wire 1.2) is liveness only: the agent's last-seen time
+// and state advance, and the capacity reported before stays, also when a beat with
+// capacity and one without arrive within one flush interval (the replica keeps only the
+// newest beat per agent until it writes them).
+func TestHeartbeatWithoutCapacityIsLivenessOnly(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1)
+	_, ctx := h.tenant("acme")
+	e := h.enroll(h.gw(), h.token(ctx, "edge"))
+	a := h.connect(h.gw(), e)
+	if a.ack.Accepted != wire.Current {
+		t.Fatalf("accepted %s, want %s", a.ack.Accepted, wire.Current)
+	}
+	want := wire.Capacity{CPUAllocatableMillis: 4000, CPUUsedMillis: 700, MemoryAllocatableBytes: 8 << 30, Sessions: 2, MaxSessions: 5}
+	for _, hb := range []*wire.Heartbeat{{Seq: 1, Capacity: &want}, {Seq: 2}} {
+		if err := a.ctrlW.Write(hb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agent := func() gateway.Agent {
+		ag, err := h.svc().Agent(ctx, e.resp.AgentID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ag
+	}
+	eventually(t, 5*time.Second, func() error {
+		if ag := agent(); ag.Capacity != want {
+			return fmt.Errorf("capacity %+v, want %+v", ag.Capacity, want)
+		}
+		return nil
+	})
+	// Age the row, as if the agent had been silent for an hour: only a beat after this
+	// can bring it back, and the next beats carry no capacity. Beat 2 is written by the
+	// time one of them is, since a replica writes an agent's beats in order.
+	long := time.Now().Add(-time.Hour)
+	if err := h.env.DB.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE agents SET last_seen = $2, state = 'offline' WHERE id = $1`, string(e.resp.AgentID), long)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ag := agent(); ag.State != gateway.StateOffline {
+		t.Fatalf("aged agent is %s", ag.State)
+	}
+	if err := a.ctrlW.Write(&wire.Heartbeat{Seq: 3}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() error {
+		if ag := agent(); ag.State != gateway.StateOnline || ag.LastSeen == nil || !ag.LastSeen.After(long) {
+			return fmt.Errorf("state %s, last seen %v after a heartbeat", ag.State, ag.LastSeen)
+		}
+		return nil
+	})
+	if ag := agent(); ag.Capacity != want {
+		t.Fatalf("capacity %+v after heartbeats without capacity, want %+v kept", ag.Capacity, want)
+	}
+}
+
+// Agents of protocol 1.0 and 1.1 are accepted at their own version, and the capacity
+// their heartbeats always carry is stored as before.
+func TestOlderAgentHeartbeatsCarryCapacity(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 1)
+	_, ctx := h.tenant("acme")
+	for _, minor := range []uint8{0, 1} {
+		e := h.enroll(h.gw(), h.token(ctx, fmt.Sprintf("edge-1-%d", minor)))
+		a, err := connectHello(t, h.gw().Addr(), e, func(h *wire.Hello) { h.Protocol.Minor = minor })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (wire.Version{Major: 1, Minor: minor}); a.ack.Accepted != want {
+			t.Fatalf("a 1.%d agent is accepted at %s", minor, a.ack.Accepted)
+		}
+		want := wire.Capacity{CPUAllocatableMillis: 2000, CPUUsedMillis: 300, Sessions: int(minor) + 1}
+		if err := a.ctrlW.Write(&wire.Heartbeat{Seq: 1, Capacity: &want}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, func() error {
+			ag, err := h.svc().Agent(ctx, e.resp.AgentID)
+			if err != nil || ag.Capacity != want {
+				return fmt.Errorf("1.%d agent's capacity %+v (%v), want %+v", minor, ag.Capacity, err, want)
+			}
+			return nil
+		})
+	}
 }

@@ -416,7 +416,7 @@ func TestAgentChangesAnnounced(t *testing.T) {
 	}
 	c := gateway.Capacity{CPUAllocatableMillis: 4000, MemoryAllocatableBytes: 8 << 30, MaxSessions: 10}
 	beat := func(o gateway.Owner) error {
-		lost, err := s.RecordHeartbeats(ctx, []gateway.Beat{{Agent: id, Conn: o.Conn, Capacity: c}})
+		lost, err := s.RecordHeartbeats(ctx, []gateway.Beat{{Agent: id, Conn: o.Conn, Capacity: &c}})
 		if err == nil && len(lost) > 0 {
 			return gateway.ErrNotOwner
 		}
@@ -440,6 +440,11 @@ func TestAgentChangesAnnounced(t *testing.T) {
 		{"release", func() error { return s.Release(ctx, id, o) }, true},
 		{"connect", func() error { _, err := s.Connect(ctx, id, o, gateway.Hello{Capacity: c}); return err }, true},
 		{"beat after connect", func() error { return beat(o) }, false},
+		// A beat without capacity (wire 1.2) changes nothing placement reads.
+		{"liveness only", func() error {
+			_, err := s.RecordHeartbeats(ctx, []gateway.Beat{{Agent: id, Conn: o.Conn}})
+			return err
+		}, false},
 	}
 	for _, st := range steps {
 		if err := st.do(); err != nil {

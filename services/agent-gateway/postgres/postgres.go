@@ -482,19 +482,22 @@ func (s *Store) Connect(ctx context.Context, id gateway.AgentID, o gateway.Owner
 
 // RecordHeartbeats implements gateway.Store. One statement stamps every beat of the
 // batch; capacity is written with it because the row is rewritten for last_seen anyway.
+// A beat without capacity (has false) keeps the row's: it only says the agent is alive.
 func (s *Store) RecordHeartbeats(ctx context.Context, beats []gateway.Beat) ([]gateway.AgentID, error) {
 	if len(beats) == 0 {
 		return nil, nil
 	}
 	n := len(beats)
-	ids, conns := make([]string, n), make([]string, n)
+	ids, conns, has := make([]string, n), make([]string, n), make([]bool, n)
 	ca, cu, ma, mu := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	ss, ms := make([]int32, n), make([]int32, n)
 	for i, b := range beats {
 		ids[i], conns[i] = string(b.Agent), b.Conn
-		c := b.Capacity
-		ca[i], cu[i], ma[i], mu[i] = c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes
-		ss[i], ms[i] = int32(c.Sessions), int32(c.MaxSessions)
+		if c := b.Capacity; c != nil {
+			has[i] = true
+			ca[i], cu[i], ma[i], mu[i] = c.CPUAllocatableMillis, c.CPUUsedMillis, c.MemoryAllocatableBytes, c.MemoryUsedBytes
+			ss[i], ms[i] = int32(c.Sessions), int32(c.MaxSessions)
+		}
 	}
 	var kept []string
 	degraded, _ := s.ages()
@@ -505,23 +508,29 @@ func (s *Store) RecordHeartbeats(ctx context.Context, beats []gateway.Beat) ([]g
 		// are locked in id order, so two flushes can never deadlock, and with NO KEY
 		// UPDATE, as the UPDATE itself would take: a full FOR UPDATE would queue every
 		// beat behind the foreign-key locks of assignments naming the agent.
+		// RETURNING sees the updated row, so a beat without capacity compares the kept one.
 		rows, err := tx.Query(ctx, `WITH b AS (
-				SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[], $8::int[])
-					AS b(id, conn, ca, cu, ma, mu, ss, ms)),
+				SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::int[], $9::int[])
+					AS b(id, conn, has, ca, cu, ma, mu, ss, ms)),
 			old AS (
 				SELECT a.id, a.cpu_allocatable_millis, a.memory_allocatable_bytes, a.max_sessions, a.state,
-					a.last_seen IS NULL OR a.last_seen <= now() - make_interval(secs => $9) AS aged
+					a.last_seen IS NULL OR a.last_seen <= now() - make_interval(secs => $10) AS aged
 				FROM agents a JOIN b ON a.id = b.id
 				WHERE EXISTS (SELECT 1 FROM platform.agent_directory d WHERE d.agent_id = b.id AND d.owner_conn = b.conn)
 				ORDER BY a.id FOR NO KEY UPDATE OF a)
 			UPDATE agents a SET
-				cpu_allocatable_millis = b.ca, cpu_used_millis = b.cu, memory_allocatable_bytes = b.ma, memory_used_bytes = b.mu,
-				sessions = b.ss, max_sessions = b.ms, state = 'online', last_seen = now()
+				cpu_allocatable_millis = CASE WHEN b.has THEN b.ca ELSE a.cpu_allocatable_millis END,
+				cpu_used_millis = CASE WHEN b.has THEN b.cu ELSE a.cpu_used_millis END,
+				memory_allocatable_bytes = CASE WHEN b.has THEN b.ma ELSE a.memory_allocatable_bytes END,
+				memory_used_bytes = CASE WHEN b.has THEN b.mu ELSE a.memory_used_bytes END,
+				sessions = CASE WHEN b.has THEN b.ss ELSE a.sessions END,
+				max_sessions = CASE WHEN b.has THEN b.ms ELSE a.max_sessions END,
+				state = 'online', last_seen = now()
 			FROM b JOIN old ON old.id = b.id
 			WHERE a.id = b.id
 			RETURNING a.id, (old.cpu_allocatable_millis, old.memory_allocatable_bytes, old.max_sessions, old.state)
-				IS DISTINCT FROM (b.ca, b.ma, b.ms, 'online'::text) OR old.aged`,
-			ids, conns, ca, cu, ma, mu, ss, ms, degraded)
+				IS DISTINCT FROM (a.cpu_allocatable_millis, a.memory_allocatable_bytes, a.max_sessions, a.state) OR old.aged`,
+			ids, conns, has, ca, cu, ma, mu, ss, ms, degraded)
 		if err != nil {
 			return err
 		}

@@ -116,8 +116,8 @@ func TestOwnership(t *testing.T) {
 	delete(held, z)
 	// The superseded connection's writes are fenced off, one beat of a batch at a time.
 	lost, err = s.RecordHeartbeats(ctx, []gateway.Beat{
-		{Agent: x, Conn: "old-" + string(x), Capacity: gateway.Capacity{Sessions: 3}},
-		{Agent: y, Conn: "old-" + string(y), Capacity: gateway.Capacity{Sessions: 4}}})
+		{Agent: x, Conn: "old-" + string(x), Capacity: &gateway.Capacity{Sessions: 3}},
+		{Agent: y, Conn: "old-" + string(y), Capacity: &gateway.Capacity{Sessions: 4}}})
 	if err != nil || len(lost) != 1 || lost[0] != y {
 		t.Fatalf("batched heartbeats: lost %v %v, want [%s]", lost, err, y)
 	}
@@ -287,5 +287,52 @@ func TestPendingAgents(t *testing.T) {
 	}
 	if got, err := s.PendingAgents(cb, []gateway.AgentID{busy, done, unlisted}); err != nil || len(got) != 0 {
 		t.Fatalf("another tenant's pending agents: %v %v", got, err)
+	}
+}
+
+// A heartbeat without capacity (wire 1.2) is liveness only: it marks the agent online and
+// seen now, and keeps the capacity stored before, for every beat of a batch that has
+// none, beside beats that carry one.
+func TestHeartbeatWithoutCapacityKeepsCapacity(t *testing.T) {
+	t.Parallel()
+	env := tenantstest.New(t)
+	a, _ := env.Tenant(t, "alpha")
+	s := postgres.New(env.DB, postgres.Thresholds{})
+	ctx := ctxOf(a.ID)
+	x, y := gateway.NewAgentID(), gateway.NewAgentID()
+	capX := gateway.Capacity{CPUAllocatableMillis: 4000, CPUUsedMillis: 500, MemoryAllocatableBytes: 8 << 30,
+		MemoryUsedBytes: 1 << 30, Sessions: 1, MaxSessions: 10}
+	for _, id := range []gateway.AgentID{x, y} {
+		if err := s.CreateAgent(ctx, gateway.Agent{ID: id, Name: string(id)}, ""); err != nil {
+			t.Fatal(err)
+		}
+		o := gateway.Owner{Gateway: "gw", Conn: "c-" + string(id)}
+		if _, err := s.Connect(ctx, id, o, gateway.Hello{Capacity: capX}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Both agents were last seen an hour ago and went offline; the beats must bring them
+	// back whatever they carry.
+	long := time.Now().Add(-time.Hour)
+	if err := env.DB.InTenant(ctx, func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE agents SET last_seen = $1, state = 'offline'`, long)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	capY := gateway.Capacity{CPUAllocatableMillis: 2000, Sessions: 2}
+	lost, err := s.RecordHeartbeats(ctx, []gateway.Beat{{Agent: x, Conn: "c-" + string(x)}, {Agent: y, Conn: "c-" + string(y), Capacity: &capY}})
+	if err != nil || len(lost) != 0 {
+		t.Fatalf("heartbeats: lost %v, %v", lost, err)
+	}
+	for id, want := range map[gateway.AgentID]gateway.Capacity{x: capX, y: capY} {
+		ag, err := s.Agent(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ag.Capacity != want || ag.State != gateway.StateOnline || ag.LastSeen == nil || !ag.LastSeen.After(long) {
+			t.Fatalf("after its beat %s has capacity %+v, state %s, last seen %v; want %+v, online, seen after %v",
+				id, ag.Capacity, ag.State, ag.LastSeen, want, long)
+		}
 	}
 }

@@ -559,7 +559,7 @@ func TestAgentAnnouncementPlacesAtOnce(t *testing.T) {
 	// room; a pass announces nothing more.
 	poll.Until(t, time.Minute, "the session waits for room", phase(s1.ID, sessions.PhaseScheduling, sessions.ReasonNoAgentFits))
 	small.cap.CPUAllocatableMillis = 2000
-	if lost, err := w.gw.RecordHeartbeats(w.sys, []gateway.Beat{{Agent: small.id, Conn: small.owner.Conn, Capacity: small.cap}}); err != nil || len(lost) > 0 {
+	if lost, err := w.gw.RecordHeartbeats(w.sys, []gateway.Beat{{Agent: small.id, Conn: small.owner.Conn, Capacity: &small.cap}}); err != nil || len(lost) > 0 {
 		t.Fatalf("heartbeat: %v %v", lost, err)
 	}
 	poll.Until(t, time.Minute, "the session is placed after the capacity change", phase(s1.ID, sessions.PhaseStarting, sessions.ReasonPlaced))
