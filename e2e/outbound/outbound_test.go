@@ -197,7 +197,7 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 	parent := t
 
 	step("1 enroll with a token created through the API", func(t *testing.T) {
-		harness.Eventually(t, 20*time.Second, "the agent is in the registry", func() error {
+		harness.Eventually(t, 20*time.Second, "the agent is in the registry and saved its credential", func() error {
 			if ag.Exited() {
 				t.Fatalf("the agent exited during enrollment (%v)", ag.Err())
 			}
@@ -209,11 +209,13 @@ func TestAgentTunnelIsOutboundOnly(t *testing.T) {
 				return fmt.Errorf("registered as %q, want the token's name site-1", l[0].Name)
 			}
 			agentID = l[0].ID
+			// The gateway registers the agent before its answer reaches the agent, which
+			// saves the credential (agent.pem in its state directory) only then.
+			if _, err := os.Stat(filepath.Join(agentDir, "state", "agent.pem")); err != nil {
+				return fmt.Errorf("the agent saved no credential: %v", err)
+			}
 			return nil
 		})
-		if _, err := os.Stat(filepath.Join(agentDir, "state")); err != nil {
-			t.Fatalf("the agent saved no credential: %v", err)
-		}
 	})
 
 	step("2 connect the tunnel", func(t *testing.T) {
