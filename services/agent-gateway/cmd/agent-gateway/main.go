@@ -9,13 +9,14 @@
 // agent at 10,000 agents. This command therefore collects at GOGC=50 unless GOGC is set
 // in the environment: 91 KiB per agent, and at idle, with heartbeats the only traffic,
 // no CPU cost that rose above the run-to-run noise (26.6% of a core against 22.5-29.4%
-// at GOGC=100; BenchmarkScaleIdleAgents). GOMEMLIMIT is honoured as usual. On a busy
-// machine quic-go's 20 KiB GSO send buffers, held while its send path falls behind, can
-// add tens of KiB per agent; QUIC_GO_DISABLE_GSO=true makes them 1.4 KiB packet
-// buffers, at a cost to bulk session streams that was not measured. The UDP socket's
-// receive buffer matters at scale: quic-go asks for 7 MiB and, without CAP_NET_ADMIN,
-// gets at most net.core.rmem_max (it logs when it cannot), so raise that sysctl on
-// gateway hosts.
+// at GOGC=100, both before the quic-go patch in libs/third_party/quic-go; with it the
+// default runs at 15.5-16.5%; BenchmarkScaleIdleAgents). GOMEMLIMIT is honoured as
+// usual. On a busy machine quic-go's 20 KiB GSO send buffers, held while its send path
+// falls behind, can add tens of KiB per agent; QUIC_GO_DISABLE_GSO=true makes them
+// 1.4 KiB packet buffers, at a cost to bulk session streams that was not measured. The
+// UDP socket's receive buffer matters at scale: quic-go asks for 7 MiB and, without
+// CAP_NET_ADMIN, gets at most net.core.rmem_max (it logs when it cannot), so raise that
+// sysctl on gateway hosts.
 package main
 
 import (
