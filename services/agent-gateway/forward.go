@@ -31,7 +31,8 @@ const (
 	// stop forwarding to it: one late stamp under load is forgiven, a dead replica is not
 	// dialed for longer than this.
 	ownerStaleBeats = 3
-	// forwardDialTimeout bounds reaching the owner replica, which is on the same network.
+	// forwardDialTimeout bounds reaching the owner replica, which is on the same network,
+	// and proving each other replicas (the TLS handshake).
 	forwardDialTimeout = 3 * time.Second
 	// forwardAnswerTimeout bounds the owner's answer to the upgrade: it asks the sessions
 	// service (10 s at most) and waits for its agent (streamAckTimeout) before it answers.
@@ -88,11 +89,14 @@ func newForwarder(g *Gateway, m streamMetrics) *httputil.ReverseProxy {
 				if !ok {
 					return nil, errors.New("forwarding without an owner")
 				}
+				// The deadline covers the TLS handshake too (the transport's own
+				// TLSHandshakeTimeout does not apply to a DialTLSContext).
+				ctx, cancel := context.WithTimeout(ctx, forwardDialTimeout)
+				defer cancel()
 				d := &tls.Dialer{NetDialer: dialer, Config: g.peer.clientTLS(o.ID)}
 				return d.DialContext(ctx, network, addr)
 			},
 			DisableKeepAlives:     true,
-			TLSHandshakeTimeout:   forwardDialTimeout,
 			ResponseHeaderTimeout: forwardAnswerTimeout,
 		},
 		ModifyResponse: func(*http.Response) error {
