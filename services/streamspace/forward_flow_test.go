@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -381,4 +382,42 @@ func TestStreamNotForwardedToStaleOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = ws.Close(websocket.StatusNormalClosure, "")
+}
+
+// TestForwardedStreamDrains: when the replica holding the agent's tunnel shuts down, a
+// stream forwarded to it ends like its own streams (its agents are told to go), the
+// shutdown does not wait for it, and its peer listener accepts no more forwards.
+func TestForwardedStreamDrains(t *testing.T) {
+	w := newStreamWorld(t, nil)
+	b := startPlaneOn(t, w.Env, nil, nil)
+	s := w.running(t, w.member)
+	ws, err := b.dial(t, s.ID, w.member, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	greeted(t, nc)
+	if got := b.count(t, forwardedSeries); got != 1 {
+		t.Fatalf("%d forwards, want 1", got)
+	}
+	peer := w.Gateway.Gateway().PeerAddr()
+
+	if err := w.stop(); err != nil {
+		t.Fatalf("the owner's shutdown: %v", err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, nc)
+		ended <- err
+	}()
+	select {
+	case <-ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the forwarded stream outlived the owner's shutdown")
+	}
+	if c, err := net.Dial("tcp", peer); err == nil {
+		c.Close()
+		t.Fatal("the owner's peer listener accepts after its shutdown")
+	}
 }
