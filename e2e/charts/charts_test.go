@@ -123,6 +123,9 @@ func testSchema(t *testing.T, h *helm) {
 			[]string{"/gateway/address"}},
 		{"control plane without a database or KEK", "streamspace", nil,
 			[]string{"/database/url", "/kek/value"}},
+		{"control plane forwarding streams over plain HTTP", "streamspace",
+			[]string{"database.url=postgres://u@db/streamspace", "kek.value=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "gateway.advertiseURL=http://$(POD_IP):8080"},
+			[]string{"/gateway/advertiseURL"}},
 	} {
 		args := []string{"template", "x", filepath.Join(h.charts, bad.chart), "--namespace", "x"}
 		for _, s := range bad.set {
@@ -423,8 +426,22 @@ func checkControlPlane(t *testing.T, applied map[string][]obj) {
 	if str(env["POD_IP"], "valueFrom", "fieldRef", "fieldPath") != "status.podIP" {
 		t.Errorf("POD_IP = %v, want the pod's IP", env["POD_IP"])
 	}
-	if v := env["STREAMSPACE_GATEWAY_ADVERTISE_URL"]["value"]; v != "http://$(POD_IP):8080" {
-		t.Errorf("STREAMSPACE_GATEWAY_ADVERTISE_URL = %v, want the pod's IP on the HTTP port", v)
+	// Over mutual TLS, on the peer listener: never the HTTP port, the token would travel
+	// in clear text.
+	if v := env["STREAMSPACE_GATEWAY_ADVERTISE_URL"]["value"]; v != "https://$(POD_IP):8444" {
+		t.Errorf("STREAMSPACE_GATEWAY_ADVERTISE_URL = %v, want the pod's IP on the peer port", v)
+	}
+	if v := env["STREAMSPACE_GATEWAY_PEER_LISTEN"]["value"]; v != ":8444" {
+		t.Errorf("STREAMSPACE_GATEWAY_PEER_LISTEN = %v, want :8444", v)
+	}
+	peerPort := false
+	for _, p := range ct["ports"].([]any) {
+		if p.(obj)["name"] == "gateway-peer" && fmt.Sprint(p.(obj)["containerPort"]) == "8444" && p.(obj)["protocol"] == "TCP" {
+			peerPort = true
+		}
+	}
+	if !peerPort {
+		t.Errorf("no containerPort gateway-peer 8444/TCP: %v", ct["ports"])
 	}
 	if len(applied["PodDisruptionBudget"]) != 1 {
 		t.Errorf("%d PodDisruptionBudgets, want 1", len(applied["PodDisruptionBudget"]))

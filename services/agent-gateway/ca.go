@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -260,18 +261,9 @@ func (ca *CA) IssueAgent(csr *x509.CertificateRequest, id Identity, ttl time.Dur
 // IssueServer makes a fresh key and a server certificate for names (DNS names or IP
 // addresses). Each replica makes its own at start; the key never leaves memory.
 func (ca *CA) IssueServer(names []string, ttl time.Duration) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	now := time.Now().Truncate(time.Second)
 	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{Organization: []string{"StreamSpace"}, CommonName: "agent-gateway"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(ttl),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{Organization: []string{"StreamSpace"}, CommonName: "agent-gateway"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, n := range names {
 		n = strings.TrimSpace(n)
@@ -281,6 +273,68 @@ func (ca *CA) IssueServer(names []string, ttl time.Duration) (tls.Certificate, e
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
+	return ca.issueKeyed(tmpl, ttl)
+}
+
+// ReplicaURI is the URI SAN naming gateway replica id in its peer certificate (IssueReplica).
+// Its path begins with /gateway/, which no agent certificate's can (AgentURI: /tenant/…),
+// so an agent's certificate, from the same CA, never passes for a replica's.
+func ReplicaURI(id string) *url.URL {
+	return &url.URL{Scheme: "spiffe", Host: "streamspace", Path: replicaURIPrefix + id}
+}
+
+const replicaURIPrefix = "/gateway/"
+
+// IssueReplica makes a fresh key and the peer certificate of gateway replica id, valid
+// for ttl: the one name in it is ReplicaURI(id), and it serves both ends of a forwarded
+// stream (server and client authentication). The key never leaves memory.
+func (ca *CA) IssueReplica(id string, ttl time.Duration) (tls.Certificate, error) {
+	if id == "" {
+		return tls.Certificate{}, errors.New("a replica certificate needs the replica's id")
+	}
+	return ca.issueKeyed(&x509.Certificate{
+		Subject:     pkix.Name{Organization: []string{"StreamSpace"}, CommonName: "agent-gateway replica"},
+		URIs:        []*url.URL{ReplicaURI(id)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}, ttl)
+}
+
+// errNotReplica refuses a certificate, signed by the CA, that is not a replica's.
+var errNotReplica = errors.New("the certificate does not name a gateway replica")
+
+// ReplicaOf returns the id of the gateway replica that cert, already verified against
+// the CA, names: its only URI SAN is a ReplicaURI and it is good for both server and
+// client authentication, as IssueReplica makes it. An agent's certificate (an AgentURI,
+// client authentication only) and the agents' server certificate (no URI) fail.
+func ReplicaOf(cert *x509.Certificate) (string, error) {
+	if len(cert.URIs) != 1 || !slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) ||
+		!slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return "", errNotReplica
+	}
+	u := cert.URIs[0]
+	if u.Scheme != "spiffe" || u.Host != "streamspace" || u.User != nil || u.Opaque != "" || u.RawQuery != "" ||
+		u.ForceQuery || u.Fragment != "" {
+		return "", errNotReplica
+	}
+	id, ok := strings.CutPrefix(u.Path, replicaURIPrefix)
+	if !ok || id == "" {
+		return "", errNotReplica
+	}
+	return id, nil
+}
+
+// issueKeyed makes a fresh ECDSA P-256 key and signs tmpl's names and usages for it,
+// valid from an hour ago (clock skew) for ttl but never beyond the CA.
+func (ca *CA) issueKeyed(tmpl *x509.Certificate, ttl time.Duration) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now().Truncate(time.Second)
+	tmpl.SerialNumber = randomSerial()
+	tmpl.NotBefore = now.Add(-time.Hour)
+	tmpl.NotAfter = now.Add(ttl)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	if tmpl.NotAfter.After(ca.cert.NotAfter) {
 		tmpl.NotAfter = ca.cert.NotAfter
 	}

@@ -62,6 +62,13 @@ const (
 	// (627 dials refused) and 16 s with 64 (1,272 refused); with test-speed keep-alives
 	// at load 22, where the storm collapsed (110 s, 9,199 failed dials), 64 halved it.
 	DefaultHandshakeConcurrency = 2048
+	// DefaultPeerListen keeps the replica-to-replica listener on loopback, where nothing
+	// off the host reaches it, on a port the kernel picks: the other replicas learn the
+	// port from this replica's row (the advertised URL is derived from the bound address),
+	// so a fixed one would only collide when several replicas share a host (development,
+	// tests). A cluster sets a fixed port reachable on the pod network (the chart: :8444),
+	// which firewalls and network policies can name, and --advertise-url with it.
+	DefaultPeerListen = "127.0.0.1:0"
 )
 
 // Config is the gateway's own settings, beside the common server.Config.
@@ -103,10 +110,14 @@ type Config struct {
 	SessionsURL string
 	// ConnectConcurrency bounds the connections registering at once; the rest queue.
 	ConnectConcurrency int
-	// AdvertiseURL is this replica's HTTP API as the other gateway replicas reach it
-	// (http://10.1.2.3:8080): kept in its platform.gateway_replicas row, so
-	// that a stream for one of its agents that lands on another replica is forwarded
-	// here. Empty: New derives it from the server's --listen when that is a loopback
+	// PeerListen is the replica-to-replica listener: HTTPS with mutual TLS (TLS 1.3,
+	// replica certificates of the internal CA on both ends) serving only the streams other
+	// replicas forward here (forward.go). Port 0 picks a free port.
+	PeerListen string
+	// AdvertiseURL is PeerListen as the other gateway replicas reach it
+	// (https://10.1.2.3:8444): kept in its platform.gateway_replicas row, so that a stream
+	// for one of its agents that lands on another replica is forwarded here. Empty:
+	// StartGateway derives it from the bound peer listener when that is on a loopback
 	// address (one host, tests), else this replica's agents stream only through it.
 	AdvertiseURL string
 	// HandshakeConcurrency bounds the connections between their first packet and their
@@ -142,8 +153,10 @@ func (c *Config) Register(fs *flag.FlagSet, kek bool) {
 	config.Int(fs, &c.HandshakeConcurrency, "agent-handshake-concurrency", "STREAMSPACE_AGENT_HANDSHAKE_CONCURRENCY", DefaultHandshakeConcurrency, "connections that may be handshaking (TLS to HelloAck) at once; more are refused and the agents retry with backoff")
 	config.Duration(fs, &c.KeepAlive, "agent-keepalive", "STREAMSPACE_AGENT_KEEPALIVE", DefaultKeepAlive, "QUIC keep-alive period (well under 30 s UDP conntrack timeouts)")
 	config.Duration(fs, &c.IdleTimeout, "agent-idle-timeout", "STREAMSPACE_AGENT_IDLE_TIMEOUT", DefaultIdleTimeout, "QUIC idle timeout")
+	config.String(fs, &c.PeerListen, "peer-listen", "STREAMSPACE_GATEWAY_PEER_LISTEN", DefaultPeerListen,
+		"replica-to-replica address: mutual-TLS HTTPS on TCP, serving only the session streams other gateway replicas forward here (default: loopback, a free port)")
 	config.String(fs, &c.AdvertiseURL, "advertise-url", "STREAMSPACE_GATEWAY_ADVERTISE_URL", "",
-		"this replica's HTTP API as other gateway replicas reach it (http://10.1.2.3:8080), to forward session streams of agents it holds (default: http://<--listen> when that is a loopback address, else none: those streams are refused on other replicas)")
+		"--peer-listen as other gateway replicas reach it (https://10.1.2.3:8444), to forward session streams of agents it holds (default: https://<bound --peer-listen> when that is a loopback address, else none: those streams are refused on other replicas)")
 	config.Duration(fs, &c.TrafficFlush, "traffic-flush", "STREAMSPACE_TRAFFIC_FLUSH", DefaultTrafficFlush, "how often session traffic (bytes, last activity) is written to the database")
 	c.serverNames = &names
 }
@@ -155,6 +168,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:0"
+	}
+	if c.PeerListen == "" {
+		c.PeerListen = DefaultPeerListen
 	}
 	if len(c.ServerNames) == 0 {
 		c.ServerNames = []string{"localhost", "127.0.0.1"}
@@ -220,10 +236,19 @@ func (c Config) Validate() error {
 	if c.HeartbeatFlush >= c.DegradedAfter-c.HeartbeatInterval {
 		errs = append(errs, errors.New("--agent-heartbeat-flush must be below --agent-degraded-after minus --agent-heartbeat"))
 	}
+	if _, _, err := net.SplitHostPort(c.PeerListen); err != nil {
+		errs = append(errs, fmt.Errorf("--peer-listen %q: %w", c.PeerListen, err))
+	}
 	if c.AdvertiseURL != "" {
-		if u, err := url.Parse(c.AdvertiseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
-			u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "" {
-			errs = append(errs, fmt.Errorf("--advertise-url %q: want http(s)://host:port, without a path", c.AdvertiseURL))
+		u, err := url.Parse(c.AdvertiseURL)
+		switch {
+		case err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "":
+			errs = append(errs, fmt.Errorf("--advertise-url %q: want https://host:port of --peer-listen, without a path", c.AdvertiseURL))
+		case u.Scheme == "http":
+			// Forwarded streams carry the caller's token: never in clear text between pods.
+			errs = append(errs, fmt.Errorf("--advertise-url %q: replicas forward streams only over mutual TLS to --peer-listen; advertise https://host:port of --peer-listen (e.g. https://$(POD_IP):8444), not the HTTP API", c.AdvertiseURL))
+		case u.Scheme != "https":
+			errs = append(errs, fmt.Errorf("--advertise-url %q: want https://host:port of --peer-listen, without a path", c.AdvertiseURL))
 		}
 	}
 	if c.KeepAlive >= c.IdleTimeout || c.KeepAlive > 25*time.Second {
@@ -232,16 +257,16 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// loopbackURL is the advertise URL derived from the HTTP listen address: http://listen
-// when its host is a loopback address or localhost and its port is fixed, "" otherwise
-// (a replica cannot tell by itself under which address others reach 0.0.0.0).
-func loopbackURL(listen string) string {
-	host, port, err := net.SplitHostPort(listen)
+// loopbackURL is the advertise URL derived from the bound peer listener's address:
+// https://addr when its host is a loopback address, "" otherwise (a replica cannot tell
+// by itself under which address others reach 0.0.0.0).
+func loopbackURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" || port == "0" {
 		return ""
 	}
 	if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" {
 		return ""
 	}
-	return "http://" + net.JoinHostPort(host, port)
+	return "https://" + net.JoinHostPort(host, port)
 }

@@ -43,9 +43,11 @@
 // upgrade, as problem+json. The bytes are counted per session in memory and recorded in
 // the tenant's session_traffic table in batches (traffic.go), which the sessions
 // service's idle timer reads as activity. A stream for an agent whose tunnel another
-// live replica holds is forwarded to that replica's advertised URL with the caller's own
-// credentials, once; the owner authorizes it again, counts its bytes and pipes it
-// (forward.go).
+// live replica holds is forwarded to that replica's advertised URL, its peer listener,
+// with the caller's own credentials, once; the owner authorizes it again, counts its
+// bytes and pipes it (forward.go). Replicas reach each other only over mutual TLS with
+// replica certificates of the internal CA (peer.go): the credential never crosses the
+// pod network in clear text, and only a replica can hand the owner a forward.
 package gateway
 
 import (
@@ -280,7 +282,7 @@ type Owner struct {
 type Ownership struct {
 	// Gateway is the owning replica; empty when no replica holds the tunnel.
 	Gateway string
-	// URL is the owner's advertised HTTP API; empty when it advertises none.
+	// URL is the owner's advertised peer listener; empty when it advertises none.
 	URL string
 	// Age is the time since the owning replica's last heartbeat, measured by the
 	// database's clock; Live is false when the replica has no row (it stopped cleanly, or
@@ -328,7 +330,7 @@ type Store interface {
 	// statement). NotFound: no such agent in the tenant.
 	Ownership(ctx context.Context, id AgentID) (Ownership, error)
 	// RegisterReplica creates or replaces replica gateway's row, alive now, with the
-	// address at which the other replicas reach its HTTP API (advertiseURL, "" for none)
+	// address at which the other replicas reach its peer listener (advertiseURL, "" for none)
 	// (platform). The row's heartbeat is the liveness of every owner row naming it.
 	RegisterReplica(ctx context.Context, gateway, advertiseURL string) error
 	// StampReplica records that replica gateway is alive now: one row per replica,

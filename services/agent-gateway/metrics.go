@@ -20,6 +20,10 @@ type metrics struct {
 	// busy counts connections refused at their first packet because
 	// HandshakeConcurrency handshakes were already in progress.
 	busy prometheus.Counter
+	// peerRefused counts replica-to-replica connections refused for their certificate
+	// (or their handshake), by side (server: the peer listener; client: the forwarder)
+	// and reason.
+	peerRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,6 +44,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Sweeps for pending work that wake the tunnels of agents with unacknowledged assignments."}),
 		busy: prometheus.NewCounter(prometheus.CounterOpts{Name: "agent_gateway_handshakes_refused_total",
 			Help: "New connections refused (QUIC CONNECTION_REFUSED, retried by the agent) because the handshake limit was reached."}),
+		peerRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "agent_gateway_peer_refused_total",
+			Help: "Replica-to-replica connections refused, by side (server: the peer listener refused a client; client: a forward refused the owner's certificate) and reason (untrusted: not from the CA; not_replica: from the CA but not a replica's, e.g. an agent's; wrong_replica: another replica than the owner; handshake: no certificate or a failed handshake)."},
+			[]string{"side", "reason"}),
 	}
 	if reg == nil {
 		return m
@@ -52,6 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.heartbeatBatches = reuse(reg, m.heartbeatBatches)
 	m.sweeps = reuse(reg, m.sweeps)
 	m.busy = reuse(reg, m.busy)
+	m.peerRefused = reuse(reg, m.peerRefused)
 	return m
 }
 

@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"time"
 
+	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/server"
+	"streamspace.dev/libs/telemetry"
 )
 
 // Module mounts the agent-gateway on a server: the admin API on the shared mux, the
@@ -30,9 +32,6 @@ func New(d server.Deps, cfg Config, store Store, enroller Enroller, sessions Ses
 	if d.Verifier == nil {
 		return nil, errors.New("agent-gateway: no token verifier (set --jwks-url)")
 	}
-	if cfg.AdvertiseURL == "" {
-		cfg.AdvertiseURL = loopbackURL(d.Config.Listen)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	gw, err := StartGateway(ctx, cfg, GatewayOptions{Store: store, Enroller: enroller,
@@ -44,7 +43,8 @@ func New(d server.Deps, cfg Config, store Store, enroller Enroller, sessions Ses
 	eps := MakeEndpoints(svc, Logging(d.Logger), Metrics(d.Registry))
 	sm := newStreamMetrics(d.Registry)
 	st := &streams{gw: gw, sessions: sessions, verifier: d.Verifier, log: gw.log, m: sm,
-		meter: newMeter(store, gw.log, sm.bytes), proxy: newForwarder(gw.id, gw.log, sm)}
+		meter: newMeter(store, gw.log, sm.bytes), proxy: newForwarder(gw, sm)}
+	gw.ServePeers(telemetry.Middleware(d.Registry, Name+"-peer")(peerRoutes(st)))
 	mctx, stop := context.WithCancel(context.Background())
 	m := &Module{gw: gw, svc: svc, routes: Routes(eps, d.Verifier, d.Logger), streams: st, stopMeter: stop, meterDone: make(chan struct{})}
 	go func() {
@@ -52,6 +52,16 @@ func New(d server.Deps, cfg Config, store Store, enroller Enroller, sessions Ses
 		st.meter.run(mctx, gw.cfg.TrafficFlush)
 	}()
 	return m, nil
+}
+
+// peerRoutes is all the peer listener serves: the streams other replicas forward here.
+func peerRoutes(st *streams) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+StreamPath, st.serveForwarded)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apperr.WriteHTTP(w, r.URL.Path, apperr.New(apperr.NotFound, "no route for %s %s", r.Method, r.URL.Path))
+	})
+	return mux
 }
 
 // Name implements server.Module.

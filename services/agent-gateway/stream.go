@@ -135,10 +135,34 @@ func newStreamMetrics(reg prometheus.Registerer) streamMetrics {
 	}
 }
 
-// ServeHTTP answers one stream request. Every refusal happens before the WebSocket
-// upgrade, as a problem+json response: a browser sees a failed handshake, an API client
-// the typed error.
-func (s *streams) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP answers one stream request on the public listener. Every refusal happens
+// before the WebSocket upgrade, as a problem+json response: a browser sees a failed
+// handshake, an API client the typed error. A HopHeader here is anyone's and ignored.
+func (s *streams) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.authenticate(w, r) }
+
+// forwardedByKey carries, on a request that arrived on the peer listener, the id of the
+// replica that forwarded it, as its certificate names it.
+type forwardedByKey struct{}
+
+// serveForwarded answers a stream request another replica forwarded here, on the peer
+// listener, whose handshake proved the client a replica. It is authorized like any
+// other, with the caller's credential it carries, and never forwarded again.
+func (s *streams) serveForwarded(w http.ResponseWriter, r *http.Request) {
+	var by string
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		by, _ = ReplicaOf(r.TLS.PeerCertificates[0])
+	}
+	if by == "" {
+		// The listener lets no other client through; should a change break that, fail closed.
+		apperr.WriteHTTP(w, r.URL.Path, apperr.New(apperr.NotFound, "no route for %s %s", r.Method, r.URL.Path))
+		return
+	}
+	s.authenticate(w, r.WithContext(context.WithValue(r.Context(), forwardedByKey{}, by)))
+}
+
+// authenticate moves a bearer subprotocol into the Authorization header and serves the
+// request as the token's principal.
+func (s *streams) authenticate(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Authorization") == "" {
 		if tok := bearerSubprotocol(r.Header); tok != "" {
 			r = r.Clone(r.Context())
@@ -163,9 +187,10 @@ func bearerSubprotocol(h http.Header) string {
 func (s *streams) serve(w http.ResponseWriter, r *http.Request) {
 	ctx := withToken(r.Context(), r.Header.Get("Authorization"))
 	id := SessionID(r.PathValue("session"))
-	st, c, owner, err := s.open(ctx, id, r.URL.Query().Get("port"), r.Header.Get(HopHeader) != "")
-	if err == nil && owner != nil {
-		s.forward(w, r, owner)
+	forwarded := r.Context().Value(forwardedByKey{}) != nil
+	st, c, o, err := s.open(ctx, id, r.URL.Query().Get("port"), forwarded)
+	if err == nil && o != nil {
+		s.forward(w, r, *o)
 		return
 	}
 	if err != nil {
@@ -202,9 +227,9 @@ func (s *streams) serve(w http.ResponseWriter, r *http.Request) {
 // open checks everything a stream needs and opens it on the agent's tunnel, waiting for
 // the agent to reach the session. port, if not empty, names the session's port to reach
 // (a name or a number); the default is the session's stream endpoint. When another live
-// replica holds the agent's tunnel, open returns no stream but that replica's URL, unless
-// the request was forwarded already (hopped): a forward is never forwarded again.
-func (s *streams) open(ctx context.Context, id SessionID, port string, hopped bool) (*quic.Stream, *agentConn, *url.URL, error) {
+// replica holds the agent's tunnel, open returns no stream but that replica, unless the
+// request was forwarded already (hopped): a forward is never forwarded again.
+func (s *streams) open(ctx context.Context, id SessionID, port string, hopped bool) (*quic.Stream, *agentConn, *owner, error) {
 	p, err := auth.RequireScope(ctx, auth.ScopeSessionsWrite)
 	if err != nil {
 		return nil, nil, nil, err
@@ -254,9 +279,10 @@ func (s *streams) open(ctx context.Context, id SessionID, port string, hopped bo
 }
 
 // owner returns where to forward a stream for agent id, whose tunnel this replica does
-// not hold: the advertised URL of the replica that does, if that replica's row is fresh. Every
-// other case is a retryable unavailable, as is a request that was forwarded here already.
-func (s *streams) owner(ctx context.Context, id AgentID, hopped bool) (*url.URL, error) {
+// not hold: the replica that does and its advertised URL, if that replica's row is fresh.
+// Every other case is a retryable unavailable, as is a request that was forwarded here
+// already.
+func (s *streams) owner(ctx context.Context, id AgentID, hopped bool) (*owner, error) {
 	notConnected := &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry, Message: "the session's agent is not connected"}
 	if hopped {
 		// The replica that forwarded this request saw this one as the owner; the tunnel
@@ -284,11 +310,16 @@ func (s *streams) owner(ctx context.Context, id AgentID, hopped bool) (*url.URL,
 			Message: "the session's agent is connected to another gateway replica, which advertises no address to forward to; retry, or connect through that replica"}
 	}
 	u, err := url.Parse(o.URL)
+	if err == nil && u.Scheme != "https" {
+		// A row written before replicas forwarded over mutual TLS: its address is an HTTP
+		// API, to which a credential never goes.
+		err = fmt.Errorf("advertised URL %q is not https", o.URL)
+	}
 	if err != nil {
 		return nil, &apperr.Error{Code: apperr.Unavailable, RetryAfter: notHereRetry, Cause: err,
 			Message: "the session's agent is connected to another gateway replica, which advertises no valid address"}
 	}
-	return u, nil
+	return &owner{ID: o.Gateway, URL: u}, nil
 }
 
 // openSessionStream opens a session stream on the tunnel, sends hdr and waits for the

@@ -103,6 +103,11 @@ type Gateway struct {
 	ql    *quic.Listener
 	tcp   net.Listener
 	https *http.Server
+	// peer is this replica's certificate for other replicas; peerLn and peerSrv serve
+	// the streams they forward here (peer.go).
+	peer    *peerIdentity
+	peerLn  *peerListener
+	peerSrv *http.Server
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -160,15 +165,33 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 	} else if serverCert, err = ca.IssueServer(cfg.ServerNames, 365*24*time.Hour); err != nil {
 		return nil, err
 	}
+	g.peer = &peerIdentity{ca: ca, id: g.id, ttl: replicaCertTTL}
+	if err := g.peer.renew(); err != nil {
+		return nil, err
+	}
+	// The peer listener is bound first: on one host, its address is the advertised one.
+	pln, err := net.Listen("tcp", cfg.PeerListen)
+	if err != nil {
+		return nil, fmt.Errorf("listening on --peer-listen %s: %w", cfg.PeerListen, err)
+	}
+	if cfg.AdvertiseURL == "" {
+		cfg.AdvertiseURL = loopbackURL(pln.Addr().String())
+		g.cfg.AdvertiseURL = cfg.AdvertiseURL
+	}
+	g.peerLn = newPeerListener(pln, g.peer.serverTLS(), g.log, g.metrics.peerRefused)
+	g.peerSrv = g.peerServer()
 	// The replica's row exists before any owner row names it.
 	if err := o.Store.RegisterReplica(ctx, g.id, cfg.AdvertiseURL); err != nil {
+		g.peerLn.Close()
 		return nil, fmt.Errorf("registering replica %s: %w", g.id, err)
 	}
 	if err := g.listen(serverCert); err != nil {
+		g.peerLn.Close()
 		_ = o.Store.RemoveReplica(ctx, g.id)
 		return nil, err
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.wg.Go(func() { g.peer.run(g.ctx, g.log) })
 	g.wg.Go(func() { g.hub.ln.run(g.ctx) })
 	g.wg.Go(g.acceptLoop)
 	g.wg.Go(g.ownerLoop)
@@ -179,7 +202,8 @@ func StartGateway(ctx context.Context, cfg Config, o GatewayOptions) (*Gateway, 
 			g.log.Error("enrollment listener failed", "err", err)
 		}
 	})
-	g.log.Info("agent gateway listening", "quic", g.ql.Addr().String(), "https", g.tcp.Addr().String(), "advertise_url", cfg.AdvertiseURL)
+	g.log.Info("agent gateway listening", "quic", g.ql.Addr().String(), "https", g.tcp.Addr().String(),
+		"peer", g.peerLn.Addr().String(), "advertise_url", cfg.AdvertiseURL)
 	return g, nil
 }
 
@@ -364,7 +388,18 @@ func (g *Gateway) Revoke(id AgentID) {
 func (g *Gateway) Close(ctx context.Context) error {
 	g.draining.Store(true)
 	g.ql.Close()
+	// No new forwards either: the replicas that would forward one get a refused dial and
+	// answer their caller a retryable 503, by which time its agent has moved.
+	g.peerLn.Close()
+	// Requests in flight (enrollments; forwarded streams before their upgrade) finish.
+	// Upgraded streams, local or forwarded here, are not waited for: they end below, as
+	// their agents are told to go.
+	var peerErr error
+	var shut sync.WaitGroup
+	shut.Go(func() { peerErr = g.peerSrv.Shutdown(ctx) })
 	shutdownErr := g.https.Shutdown(ctx)
+	shut.Wait()
+	shutdownErr = errors.Join(shutdownErr, peerErr)
 	var wg sync.WaitGroup
 	for _, c := range g.hub.all() {
 		wg.Go(func() { c.close(closeGoingAway); <-c.done })

@@ -2,10 +2,23 @@ package streamspace_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +26,7 @@ import (
 
 	"streamspace.dev/agent/backend/memory"
 	"streamspace.dev/libs/apperr"
+	"streamspace.dev/libs/tenant"
 	gateway "streamspace.dev/services/agent-gateway"
 	"streamspace.dev/services/sessions"
 	"streamspace.dev/services/streamspace"
@@ -23,6 +37,99 @@ const (
 	forwardedSeries     = `agent_gateway_session_streams_total{result="forwarded"}`
 	forwardFailedSeries = `agent_gateway_session_streams_total{result="forward_failed"}`
 )
+
+// peerRefusedSeries is the series of peer connections refused on side for reason.
+func peerRefusedSeries(side, reason string) string {
+	return `agent_gateway_peer_refused_total{reason="` + reason + `",side="` + side + `"}`
+}
+
+// peerURL is the WebSocket address of a session's stream on this plane's peer listener.
+func (p *plane) peerURL(id sessions.ID) string {
+	return "wss://" + p.Gateway.Gateway().PeerAddr() + strings.Replace(gateway.StreamPath, "{session}", string(id), 1)
+}
+
+// dialPeer opens a stream on the plane's peer listener as a replica would, presenting
+// cert (none when nil) whatever CAs the listener names, with the token as a browser
+// sends it. It trusts the listener blindly: what is tested is whom the listener lets in.
+func (p *plane) dialPeer(t *testing.T, id sessions.ID, token string, cert *tls.Certificate) (*websocket.Conn, error) {
+	t.Helper()
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
+	if cert != nil {
+		conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, p.peerURL(id), &websocket.DialOptions{
+		Subprotocols: []string{gateway.StreamSubprotocol, gateway.BearerSubprotocolPrefix + token},
+		HTTPClient:   &http.Client{Transport: &http.Transport{TLSClientConfig: conf, DisableKeepAlives: true}}})
+	if err != nil {
+		return nil, refusal(resp, err)
+	}
+	return c, nil
+}
+
+// wantTLSAlert checks that err is the TLS alert of a refused handshake.
+func wantTLSAlert(t *testing.T, err error) {
+	t.Helper()
+	if oe := new(net.OpError); !errors.As(err, &oe) || oe.Op != "remote error" {
+		t.Fatalf("got %v, want the peer listener's TLS alert", err)
+	}
+}
+
+// agentCert issues a certificate of the plane's CA naming agent of tenant, as enrollment
+// does.
+func agentCert(t *testing.T, p *plane, tid tenant.ID, agent gateway.AgentID) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _, _, err := p.Gateway.Gateway().CA().IssueAgent(csr, gateway.Identity{Tenant: tid, Agent: agent}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode([]byte(certPEM))
+	return tls.Certificate{Certificate: [][]byte{block.Bytes}, PrivateKey: key}
+}
+
+// otherCA makes a CA that is not the plane's and a certificate of it naming replica as
+// the plane's own CA would.
+func otherCA(t *testing.T, replica string) tls.Certificate {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "impostor CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), URIs: []*url.URL{gateway.ReplicaURI(replica)},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
+}
 
 // count reads a counter of the plane's /metrics as a number.
 func (p *plane) count(t *testing.T, series string) int {
@@ -68,8 +175,8 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 	if !w.Gateway.Gateway().Connected(agent) || b.Gateway.Gateway().Connected(agent) {
 		t.Fatal("the agent's tunnel is not on the first replica alone")
 	}
-	if got := b.Gateway.Gateway().AdvertiseURL(); got != b.Base {
-		t.Fatalf("the second replica advertises %q, want its loopback listener %q", got, b.Base)
+	if got, want := b.Gateway.Gateway().AdvertiseURL(), "https://"+b.Gateway.Gateway().PeerAddr(); got != want {
+		t.Fatalf("the second replica advertises %q, want its loopback peer listener %q", got, want)
 	}
 	openedA, openedB := w.streamsOpened(t), b.streamsOpened(t)
 
@@ -107,20 +214,110 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 		}
 	})
 
-	t.Run("a forward is not forwarded again", func(t *testing.T) {
-		_, err := b.dialWith(t, s.ID, w.member, "", http.Header{gateway.HopHeader: {"gw-elsewhere"}})
-		wantUnavailable(t, err, "forwarded")
-		if got := b.count(t, forwardedSeries); got != 2 {
-			t.Fatalf("a request marked as forwarded was forwarded: %d forwards, want 2", got)
+	t.Run("the hop header grants nothing on the public listener", func(t *testing.T) {
+		// Whoever sends it is not a replica: the request is served as any other, here
+		// forwarded to the owner with the header replaced.
+		ws, err := b.dialWith(t, s.ID, w.member, "", http.Header{gateway.HopHeader: {w.Gateway.Gateway().ID()}})
+		if err != nil {
+			t.Fatal(err)
 		}
-		// The owner's replica row names the second replica itself (a stale or misconfigured
-		// address): it forwards once, to itself, which answers instead of looping.
-		w.setOwnerReplica(t, string(agent), "advertise_url = $1", b.Base)
-		defer w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Base)
-		_, err = b.dial(t, s.ID, w.member, "")
+		greeted(t, websocket.NetConn(context.Background(), ws, websocket.MessageBinary))
+		_ = ws.Close(websocket.StatusNormalClosure, "")
+		if got := b.count(t, forwardedSeries); got != 3 {
+			t.Fatalf("%d forwards, want 3", got)
+		}
+	})
+
+	t.Run("a forward is not forwarded again", func(t *testing.T) {
+		// A replica reached the second replica's peer listener, taking it for the owner:
+		// it answers itself instead of forwarding on.
+		replica, err := b.Gateway.Gateway().CA().IssueReplica("gw-elsewhere", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = b.dialPeer(t, s.ID, w.member, &replica)
 		wantUnavailable(t, err, "forwarded")
 		if got := b.count(t, forwardedSeries); got != 3 {
-			t.Fatalf("%d forwards, want exactly one more", got)
+			t.Fatalf("a request that reached the peer listener was forwarded: %d forwards, want 3", got)
+		}
+		// A replica forwarding to the owner's peer listener gets the stream (the path
+		// every forward above took).
+		ws, err := w.dialPeer(t, s.ID, w.member, &replica)
+		if err != nil {
+			t.Fatal(err)
+		}
+		greeted(t, websocket.NetConn(context.Background(), ws, websocket.MessageBinary))
+		_ = ws.Close(websocket.StatusNormalClosure, "")
+	})
+
+	t.Run("the peer listener refuses all but replicas", func(t *testing.T) {
+		opened := w.streamsOpened(t)
+		for _, c := range []struct {
+			name   string
+			cert   *tls.Certificate
+			reason string
+		}{
+			{"no certificate", nil, "handshake"},
+			{"the session's own agent's certificate", new(agentCert(t, w.plane, w.tenant.Tenant.ID, agent)), "not_replica"},
+			{"a replica certificate of another CA", new(otherCA(t, b.Gateway.Gateway().ID())), "untrusted"},
+		} {
+			before := w.count(t, peerRefusedSeries("server", c.reason))
+			_, err := w.dialPeer(t, s.ID, w.owner, c.cert)
+			wantTLSAlert(t, err)
+			// The client reads the alert before the listener has counted it.
+			for deadline := time.Now().Add(10 * time.Second); w.count(t, peerRefusedSeries("server", c.reason)) != before+1; {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %d refusals (%s), want %d", c.name, w.count(t, peerRefusedSeries("server", c.reason)), c.reason, before+1)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		if got := w.streamsOpened(t); got != opened {
+			t.Fatalf("a refused client reached the session: %s streams opened, was %s", got, opened)
+		}
+	})
+
+	t.Run("the owner's address is another replica", func(t *testing.T) {
+		// The owner's replica row names the second replica itself (a stale or
+		// misconfigured address): its certificate is a replica's but not the owner's, and
+		// the stream, with its credential, is not sent to it.
+		failed, opened := b.count(t, forwardFailedSeries), b.streamsOpened(t)
+		w.setOwnerReplica(t, string(agent), "advertise_url = $1", b.Gateway.Gateway().AdvertiseURL())
+		defer w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Gateway.Gateway().AdvertiseURL())
+		_, err := b.dial(t, s.ID, w.member, "")
+		wantUnavailable(t, err, "failed to prove itself")
+		if got := b.count(t, forwardFailedSeries); got != failed+1 {
+			t.Fatalf("%d failed forwards, want %d", got, failed+1)
+		}
+		if got := b.count(t, peerRefusedSeries("client", "wrong_replica")); got != 1 {
+			t.Fatalf("%d refusals of the wrong replica, want 1", got)
+		}
+		if got := b.streamsOpened(t); got != opened {
+			t.Fatalf("the wrong replica opened a stream: %s, was %s", got, opened)
+		}
+	})
+
+	t.Run("the owner's address presents no replica certificate", func(t *testing.T) {
+		// A server at the owner's address with a certificate of the same CA, the agents'
+		// server certificate: the forwarder refuses it before sending anything.
+		cert, err := w.Gateway.Gateway().CA().IssueServer([]string{"127.0.0.1"}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var reached atomic.Int32
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached.Add(1) }))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert}
+		srv.StartTLS()
+		defer srv.Close()
+		w.setOwnerReplica(t, string(agent), "advertise_url = $1", srv.URL)
+		defer w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Gateway.Gateway().AdvertiseURL())
+		_, err = b.dial(t, s.ID, w.member, "")
+		wantUnavailable(t, err, "failed to prove itself")
+		if got := b.count(t, peerRefusedSeries("client", "not_replica")); got != 1 {
+			t.Fatalf("%d refusals of a non-replica owner, want 1", got)
+		}
+		if n := reached.Load(); n != 0 {
+			t.Fatalf("the impostor received %d requests", n)
 		}
 	})
 
@@ -129,16 +326,25 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dead := "http://" + ln.Addr().String()
+		dead := "https://" + ln.Addr().String()
 		_ = ln.Close()
+		failed := b.count(t, forwardFailedSeries)
 		w.setOwnerReplica(t, string(agent), "advertise_url = $1", dead)
 		_, err = b.dial(t, s.ID, w.member, "")
 		wantUnavailable(t, err, "cannot be reached")
-		if got := b.count(t, forwardFailedSeries); got != 1 {
-			t.Fatalf("%d failed forwards, want 1", got)
+		if got := b.count(t, forwardFailedSeries); got != failed+1 {
+			t.Fatalf("%d failed forwards, want %d", got, failed+1)
+		}
+		// A row of a replica from before mutual TLS names its HTTP API: no credential
+		// goes there, nothing is dialed.
+		w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Base)
+		_, err = b.dial(t, s.ID, w.member, "")
+		wantUnavailable(t, err, "no valid address")
+		if got := b.count(t, forwardFailedSeries); got != failed+1 {
+			t.Fatalf("an http:// owner was dialed: %d failed forwards, want %d", got, failed+1)
 		}
 		// With the owner's address back, the stream goes through again.
-		w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Base)
+		w.setOwnerReplica(t, string(agent), "advertise_url = $1", w.Gateway.Gateway().AdvertiseURL())
 		ws, err := b.dial(t, s.ID, w.member, "")
 		if err != nil {
 			t.Fatal(err)
@@ -176,4 +382,42 @@ func TestStreamNotForwardedToStaleOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = ws.Close(websocket.StatusNormalClosure, "")
+}
+
+// TestForwardedStreamDrains: when the replica holding the agent's tunnel shuts down, a
+// stream forwarded to it ends like its own streams (its agents are told to go), the
+// shutdown does not wait for it, and its peer listener accepts no more forwards.
+func TestForwardedStreamDrains(t *testing.T) {
+	w := newStreamWorld(t, nil)
+	b := startPlaneOn(t, w.Env, nil, nil)
+	s := w.running(t, w.member)
+	ws, err := b.dial(t, s.ID, w.member, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	greeted(t, nc)
+	if got := b.count(t, forwardedSeries); got != 1 {
+		t.Fatalf("%d forwards, want 1", got)
+	}
+	peer := w.Gateway.Gateway().PeerAddr()
+
+	if err := w.stop(); err != nil {
+		t.Fatalf("the owner's shutdown: %v", err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, nc)
+		ended <- err
+	}()
+	select {
+	case <-ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the forwarded stream outlived the owner's shutdown")
+	}
+	if c, err := net.Dial("tcp", peer); err == nil {
+		c.Close()
+		t.Fatal("the owner's peer listener accepts after its shutdown")
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,6 +37,9 @@ type plane struct {
 	Base     string
 	Gateway  *gateway.Module
 	Sessions *sessions.Module
+	// stop shuts the plane down as a signal would, once, and returns what the server
+	// returned; the test's cleanup calls it too.
+	stop func() error
 }
 
 // startPlane runs every service in-process, as `streamspace serve --migrate` does, and
@@ -87,13 +91,21 @@ func startPlaneOn(t testing.TB, env *tenantstest.Env, set func(*streamspace.Sett
 				return mods, err
 			})
 	}()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+		})
+		return runErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("server: %v", err)
 		}
 	})
-	p := &plane{t: t, Env: env, Base: "http://" + ln.Addr().String()}
+	p := &plane{t: t, Env: env, Base: "http://" + ln.Addr().String(), stop: stop}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
