@@ -261,7 +261,10 @@ func (g *Gateway) peerServer() *http.Server {
 func (g *Gateway) ServePeers(h http.Handler) {
 	g.peerSrv.Handler = h
 	g.wg.Go(func() {
-		if err := g.peerSrv.Serve(g.peerLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// Close closes the listener before it shuts the server down, so a clean stop may
+		// surface as the closed listener rather than as http.ErrServerClosed.
+		err := g.peerSrv.Serve(g.peerLn)
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			g.log.Error("peer listener failed", "err", err)
 		}
 	})
