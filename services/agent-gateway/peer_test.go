@@ -2,19 +2,13 @@ package gateway_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	gateway "streamspace.dev/services/agent-gateway"
+	"streamspace.dev/services/agent-gateway/gatewaytest"
 )
 
 // peerRefused reads agent_gateway_peer_refused_total{side, reason} off reg.
@@ -47,37 +42,6 @@ func peerRefused(t *testing.T, reg *prometheus.Registry, side, reason string) fl
 		}
 	}
 	return 0
-}
-
-// otherCA makes a CA that is not the gateway's and a certificate from it that names a
-// replica exactly as the gateway's own would.
-func otherCA(t *testing.T, replica string) tls.Certificate {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "StreamSpace agent CA impostor"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), URIs: []*url.URL{gateway.ReplicaURI(replica)},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
 }
 
 // peerGet sends GET path to the peer listener at addr presenting cert (none when nil),
@@ -151,7 +115,7 @@ func TestPeerListener(t *testing.T) {
 	}{
 		{"no certificate", nil, "handshake"},
 		{"an agent's certificate of the same CA", &agent.cert, "not_replica"},
-		{"a replica certificate of another CA", new(otherCA(t, "gw-other")), "untrusted"},
+		{"a replica certificate of another CA", new(gatewaytest.ImpostorReplica(t, "gw-other")), "untrusted"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := peerRefused(t, reg, "server", c.reason)

@@ -7,15 +7,12 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -28,6 +25,7 @@ import (
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/tenant"
 	gateway "streamspace.dev/services/agent-gateway"
+	"streamspace.dev/services/agent-gateway/gatewaytest"
 	"streamspace.dev/services/sessions"
 	"streamspace.dev/services/streamspace"
 )
@@ -98,37 +96,6 @@ func agentCert(t *testing.T, p *plane, tid tenant.ID, agent gateway.AgentID) tls
 	}
 	block, _ := pem.Decode([]byte(certPEM))
 	return tls.Certificate{Certificate: [][]byte{block.Bytes}, PrivateKey: key}
-}
-
-// otherCA makes a CA that is not the plane's and a certificate of it naming replica as
-// the plane's own CA would.
-func otherCA(t *testing.T, replica string) tls.Certificate {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "impostor CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), URIs: []*url.URL{gateway.ReplicaURI(replica)},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
 }
 
 // count reads a counter of the plane's /metrics as a number.
@@ -259,7 +226,7 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 		}{
 			{"no certificate", nil, "handshake"},
 			{"the session's own agent's certificate", new(agentCert(t, w.plane, w.tenant.Tenant.ID, agent)), "not_replica"},
-			{"a replica certificate of another CA", new(otherCA(t, b.Gateway.Gateway().ID())), "untrusted"},
+			{"a replica certificate of another CA", new(gatewaytest.ImpostorReplica(t, b.Gateway.Gateway().ID())), "untrusted"},
 		} {
 			before := w.count(t, peerRefusedSeries("server", c.reason))
 			_, err := w.dialPeer(t, s.ID, w.owner, c.cert)
