@@ -98,8 +98,17 @@ func agentCert(t *testing.T, p *plane, tid tenant.ID, agent gateway.AgentID) tls
 	return tls.Certificate{Certificate: [][]byte{block.Bytes}, PrivateKey: key}
 }
 
+// wantTunnelHereAlone checks that agent's tunnel is on the world's replica and not on
+// other, so that other forwards the agent's streams.
+func (w *streamWorld) wantTunnelHereAlone(t testing.TB, other *plane, agent gateway.AgentID) {
+	t.Helper()
+	if !w.Gateway.Gateway().Connected(agent) || other.Gateway.Gateway().Connected(agent) {
+		t.Fatal("the agent's tunnel is not on the first replica alone")
+	}
+}
+
 // count reads a counter of the plane's /metrics as a number.
-func (p *plane) count(t *testing.T, series string) int {
+func (p *plane) count(t testing.TB, series string) int {
 	t.Helper()
 	f, err := strconv.ParseFloat(p.metric(t, series), 64)
 	if err != nil {
@@ -139,9 +148,7 @@ func TestStreamThroughAnotherReplica(t *testing.T) {
 	s := w.running(t, w.member)
 	owners := w.running(t, w.owner)
 	agent := gateway.AgentID(s.AgentID)
-	if !w.Gateway.Gateway().Connected(agent) || b.Gateway.Gateway().Connected(agent) {
-		t.Fatal("the agent's tunnel is not on the first replica alone")
-	}
+	w.wantTunnelHereAlone(t, b, agent)
 	if got, want := b.Gateway.Gateway().AdvertiseURL(), "https://"+b.Gateway.Gateway().PeerAddr(); got != want {
 		t.Fatalf("the second replica advertises %q, want its loopback peer listener %q", got, want)
 	}

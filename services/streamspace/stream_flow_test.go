@@ -196,15 +196,18 @@ func (w *streamWorld) waitTraffic(t testing.TB, id sessions.ID, in, out int64, p
 	}
 }
 
+// openedSeries is the gateway's count of streams it opened to agents.
+const openedSeries = "agent_gateway_session_streams_opened_total"
+
 // streamsOpened reads the gateway's count of streams it opened to agents.
-func (p *plane) streamsOpened(t *testing.T) string {
+func (p *plane) streamsOpened(t testing.TB) string {
 	t.Helper()
-	return p.metric(t, "agent_gateway_session_streams_opened_total")
+	return p.metric(t, openedSeries)
 }
 
 // metric reads one series of the plane's /metrics (name with its labels, as printed),
 // "0" when it is absent.
-func (p *plane) metric(t *testing.T, series string) string {
+func (p *plane) metric(t testing.TB, series string) string {
 	t.Helper()
 	resp, err := http.Get(p.Base + "/metrics")
 	if err != nil {
