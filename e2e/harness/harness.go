@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -22,6 +23,7 @@ import (
 
 	"streamspace.dev/e2e/netns"
 	"streamspace.dev/libs/pgserver"
+	"streamspace.dev/libs/poll"
 )
 
 // Build compiles a command of the workspace into a temporary folder and returns the
@@ -243,38 +245,29 @@ func (a *API) Call(method, path, token string, body, out any, want int) {
 // WaitReady polls /readyz until it answers 200, failing early if cp exits.
 func (a *API) WaitReady(cp *Proc, timeout time.Duration) {
 	a.T.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if status, _, err := a.Do("GET", "/readyz", "", nil); err == nil && status == http.StatusOK {
-			return
+	poll.UntilNil(a.T, timeout, "the control plane ready", func() error {
+		a.T.Helper()
+		status, _, err := a.Do("GET", "/readyz", "", nil)
+		if err == nil && status == http.StatusOK {
+			return nil
 		}
 		if cp.Exited() {
 			a.T.Fatalf("the control plane exited before it was ready (%v)", cp.err)
 		}
-		if time.Now().After(deadline) {
-			a.T.Fatalf("the control plane was not ready within %s", timeout)
+		if err != nil {
+			return err
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("/readyz answered %d", status)
+	})
 }
 
-// Eventually polls f every 50 ms until it returns nil, or fails with what and f's last
-// error.
+// Eventually is poll.UntilNil that also logs how long the wait took, which a slow
+// run's log then shows without a failure.
 func Eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
 	began := time.Now()
-	for {
-		err := f()
-		if err == nil {
-			t.Logf("%s after %v", what, time.Since(began).Round(time.Millisecond))
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.UntilNil(t, timeout, what, f)
+	t.Logf("%s after %v", what, time.Since(began).Round(time.Millisecond))
 }
 
 // DevDataDir returns a new data folder for `streamspace dev` and stops the private

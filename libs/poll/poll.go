@@ -1,10 +1,12 @@
 // Package poll waits in tests for a state that has no event to wait on: a row a background
-// loop will write, a backend that will take a lock. It polls and fails the test, naming
-// what it waited for, once a deadline passes. The deadline only bounds a broken run; it
-// never asserts how long anything took (these machines are shared and noisy).
+// loop will write, a backend that will take a lock, an object a controller will create. It
+// polls and fails the test, naming what it waited for, once a deadline passes. The deadline
+// only bounds a broken run; it never asserts how long anything took (these machines are
+// shared and noisy).
 package poll
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -16,11 +18,45 @@ const interval = 10 * time.Millisecond
 // timeout has passed.
 func Until(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
 	tb.Helper()
+	if wait(tb, timeout, func() error {
+		tb.Helper()
+		if cond() {
+			return nil
+		}
+		return errNotYet
+	}) != nil {
+		tb.Fatalf("gave up waiting until %s", what)
+	}
+}
+
+// UntilNil polls f until it returns nil, failing tb with "<what>: not within <timeout>:
+// <f's last error>" once timeout has passed. Where the state is read through a call that
+// can fail, or can say why it is not there yet, f's error tells the failure why. f may
+// fail the test itself for a state that can never turn good.
+func UntilNil(tb testing.TB, timeout time.Duration, what string, f func() error) {
+	tb.Helper()
+	if err := wait(tb, timeout, f); err != nil {
+		tb.Fatalf("%s: not within %v: %v", what, timeout, err)
+	}
+}
+
+// errNotYet is Until's condition not holding, for wait, which only sees errors.
+var errNotYet = errors.New("not yet")
+
+// wait is the one polling loop: it calls f every interval until f returns nil, and
+// returns f's last error once timeout has passed. It takes tb only to mark itself a
+// helper: a failure inside an f that is a helper too is then reported at the line that
+// began the wait, not here.
+func wait(tb testing.TB, timeout time.Duration, f func() error) error {
+	tb.Helper()
 	deadline := time.Now().Add(timeout)
-	for !cond() {
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("gave up waiting until %s", what)
-			return // for a testing.TB whose Fatalf does not stop the goroutine
+			return err
 		}
 		time.Sleep(interval)
 	}

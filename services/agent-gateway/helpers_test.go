@@ -30,6 +30,7 @@ import (
 	"streamspace.dev/libs/apperr"
 	"streamspace.dev/libs/auth"
 	"streamspace.dev/libs/auth/authtest"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/server"
 	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/wire"
@@ -478,20 +479,11 @@ func closedWith(conn *quic.Conn, timeout time.Duration) (wire.CloseCode, bool) {
 	}
 }
 
-// eventually retries f until it returns nil or the time runs out.
+// eventually is poll.UntilNil for this package's waits, which name what they await by
+// their line (reported, as eventually is a helper) and f's error.
 func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.UntilNil(t, timeout, "condition", f)
 }
 
 // mustTenant returns the tenant of an admin context.

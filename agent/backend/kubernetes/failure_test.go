@@ -19,6 +19,7 @@ import (
 
 	"streamspace.dev/agent/backend/kubernetes"
 	"streamspace.dev/agent/reconcile"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/wire"
 )
 
@@ -27,7 +28,7 @@ func sessionPod(t *testing.T, ns string, id wire.SessionID) *corev1.Pod {
 	t.Helper()
 	c := adminClient(t)
 	var pod *corev1.Pod
-	eventually(t, 30*time.Second, "pod of "+string(id), func() error {
+	poll.UntilNil(t, 30*time.Second, "pod of "+string(id), func() error {
 		l, err := c.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: kubernetes.SessionLabel + "=" + string(id)})
 		if err != nil {
 			return err
@@ -109,7 +110,7 @@ func TestPodFailuresMapToPhases(t *testing.T) {
 		waitPhase(t, b, id, wire.PhasePending, "Unschedulable")
 		// The scheduler's first verdict may name the still-unbound PVC; once the volume binds
 		// it names the real shortage, and the reported message must follow it.
-		eventually(t, 60*time.Second, "an Unschedulable message naming cpu", func() error {
+		poll.UntilNil(t, 60*time.Second, "an Unschedulable message naming cpu", func() error {
 			st, _ := b.Status(id)
 			if st.Reason != "Unschedulable" || !strings.Contains(st.Message, "cpu") {
 				return fmt.Errorf("status %s/%s %q", st.Phase, st.Reason, st.Message)
@@ -243,7 +244,7 @@ func TestRBACForbiddenIsReportedPerSession(t *testing.T) {
 	if _, err := c.RbacV1().Roles(ns).Update(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "agent"}, Rules: agentRules(nil)}, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "apply after grant", func() error {
+	poll.UntilNil(t, 30*time.Second, "apply after grant", func() error {
 		if errs := b.Apply(ctx, []wire.Assignment{assignment(t, s1, 1, wire.DesiredRunning)}); errs != nil {
 			return errs[0]
 		}
@@ -294,7 +295,7 @@ func TestCapacity(t *testing.T) {
 		}
 		cfg := limitedConfig(t, ns, agentRules(nil))
 		b := newBackend(t, ns, newStreamListener(t), options{cfg: cfg})
-		eventually(t, 30*time.Second, "quota capacity", func() error {
+		poll.UntilNil(t, 30*time.Second, "quota capacity", func() error {
 			capa, err := b.Capacity(ctx)
 			if err != nil {
 				return err

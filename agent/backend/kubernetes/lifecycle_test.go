@@ -14,6 +14,7 @@ import (
 	k8s "k8s.io/client-go/kubernetes"
 
 	"streamspace.dev/agent/backend/kubernetes"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/wire"
 )
 
@@ -188,7 +189,7 @@ func TestLifecycle(t *testing.T) {
 		wire.Assignment{SessionID: s2, TenantID: testTenant, Generation: 2, Desired: wire.DesiredDeleted})
 	waitPhase(t, b, s1, wire.PhaseDeleted, "")
 	waitPhase(t, b, s2, wire.PhaseDeleted, "")
-	eventually(t, 60*time.Second, "everything but the retained home gone", func() error {
+	poll.UntilNil(t, 60*time.Second, "everything but the retained home gone", func() error {
 		var left []string
 		add := func(kind string, items []metav1.ObjectMeta) {
 			for _, m := range items {

@@ -24,6 +24,7 @@ import (
 
 	"streamspace.dev/agent/backend/kubernetes"
 	"streamspace.dev/e2e/kube"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/tenant"
 	"streamspace.dev/libs/wire"
 )
@@ -119,7 +120,7 @@ func newNamespace(t testing.TB, c k8s.Interface) string {
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "default ServiceAccount", func() error {
+	poll.UntilNil(t, 30*time.Second, "default ServiceAccount", func() error {
 		_, err := c.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
 		return err
 	})
@@ -273,7 +274,7 @@ func applyOK(t testing.TB, b *kubernetes.Backend, set ...wire.Assignment) {
 func waitPhase(t testing.TB, b *kubernetes.Backend, id wire.SessionID, phase wire.Phase, reason string) wire.SessionStatus {
 	t.Helper()
 	var st wire.SessionStatus
-	eventually(t, 60*time.Second, fmt.Sprintf("%s %s %s", id, phase, reason), func() error {
+	poll.UntilNil(t, 60*time.Second, fmt.Sprintf("%s %s %s", id, phase, reason), func() error {
 		var ok bool
 		st, ok = b.Status(id)
 		if !ok && phase == wire.PhaseDeleted {
@@ -285,22 +286,6 @@ func waitPhase(t testing.TB, b *kubernetes.Backend, id wire.SessionID, phase wir
 		return nil
 	})
 	return st
-}
-
-// eventually polls f every 25 ms until it returns nil or the timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 }
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }

@@ -17,6 +17,7 @@ import (
 
 	"streamspace.dev/agent/backend/kubernetes"
 	"streamspace.dev/agent/reconcile"
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/wire"
 )
 
@@ -39,7 +40,7 @@ func TestDriftIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	eventually(t, 30*time.Second, "scale repaired", func() error {
+	poll.UntilNil(t, 30*time.Second, "scale repaired", func() error {
 		d, err := c.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -64,7 +65,7 @@ func TestDriftIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 = time.Now()
-	eventually(t, 30*time.Second, "deployment and service recreated", func() error {
+	poll.UntilNil(t, 30*time.Second, "deployment and service recreated", func() error {
 		d, err := c.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -82,7 +83,7 @@ func TestDriftIsRepaired(t *testing.T) {
 	if err := c.CoreV1().Secrets(ns).Delete(ctx, name+"-creds", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "secret recreated", func() error {
+	poll.UntilNil(t, 30*time.Second, "secret recreated", func() error {
 		_, err := c.CoreV1().Secrets(ns).Get(ctx, name+"-creds", metav1.GetOptions{})
 		return err
 	})
@@ -95,7 +96,7 @@ func TestDriftIsRepaired(t *testing.T) {
 	}, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "hibernated again", func() error {
+	poll.UntilNil(t, 30*time.Second, "hibernated again", func() error {
 		d, err := c.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -136,7 +137,7 @@ func TestRestartedAgentRepairs(t *testing.T) {
 	if err != nil || len(obs) != 1 || obs[0].SessionID != id || obs[0].ObservedGeneration != 7 {
 		t.Fatalf("observe after restart: %+v %v", obs, err)
 	}
-	eventually(t, 30*time.Second, "deployment recreated after restart", func() error {
+	poll.UntilNil(t, 30*time.Second, "deployment recreated after restart", func() error {
 		_, err := c.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		return err
 	})
@@ -205,7 +206,7 @@ func TestOrphansRemovedAndForeignObjectsUntouched(t *testing.T) {
 	if err := b.Resync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "ghost children deleted", func() error {
+	poll.UntilNil(t, 30*time.Second, "ghost children deleted", func() error {
 		if _, err := c.CoreV1().Services(ns).Get(ctx, "ss-"+dashed(ghost), metav1.GetOptions{}); !isNotFound(err) {
 			return fmt.Errorf("service: %v", err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"streamspace.dev/libs/poll"
 	"streamspace.dev/libs/wire"
 )
 
@@ -62,14 +63,14 @@ func TestAPIServerRestart(t *testing.T) {
 	waitPhase(t, b, s1, wire.PhaseFailed, "ImagePullBackOff")
 	t.Logf("pod status seen %v after the apiserver was back", time.Since(t0).Round(time.Millisecond))
 	// The Watch channel is delivered by its own goroutine: wait for it, but it must come.
-	eventually(t, 30*time.Second, "the watch to deliver wire.PhaseFailed", func() error {
+	poll.UntilNil(t, 30*time.Second, "the watch to deliver wire.PhaseFailed", func() error {
 		if ph := w.phases(s1); !slices.Contains(ph, wire.PhaseFailed) {
 			return fmt.Errorf("watch saw %v", ph)
 		}
 		return nil
 	})
 	t0 = time.Now()
-	eventually(t, 60*time.Second, "apply after restart", func() error {
+	poll.UntilNil(t, 60*time.Second, "apply after restart", func() error {
 		if errs := b.Apply(ctx, []wire.Assignment{{SessionID: s2, TenantID: testTenant, Generation: 2, Desired: wire.DesiredHibernated}}); errs != nil {
 			return errs[0]
 		}
@@ -78,7 +79,7 @@ func TestAPIServerRestart(t *testing.T) {
 	waitPhase(t, b, s2, wire.PhaseHibernated, "")
 	t.Logf("hibernation seen %v after the apiserver was back", time.Since(t0).Round(time.Millisecond))
 	// The Watch channel is delivered by its own goroutine: wait for it, but it must come.
-	eventually(t, 30*time.Second, "the watch to deliver wire.PhaseHibernated", func() error {
+	poll.UntilNil(t, 30*time.Second, "the watch to deliver wire.PhaseHibernated", func() error {
 		if ph := w.phases(s2); !slices.Contains(ph, wire.PhaseHibernated) {
 			return fmt.Errorf("watch saw %v", ph)
 		}
@@ -89,7 +90,7 @@ func TestAPIServerRestart(t *testing.T) {
 	if err := c.AppsV1().Deployments(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "deployment repaired after restart", func() error {
+	poll.UntilNil(t, 30*time.Second, "deployment repaired after restart", func() error {
 		d, err := c.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
