@@ -11,8 +11,13 @@ import (
 	"time"
 )
 
-// interval is how often a condition is polled: short next to the waits it is used for.
-const interval = 10 * time.Millisecond
+// The polling interval starts short, so a state that is nearly there is seen at once,
+// and doubles up to maxInterval, so that a long wait (a kube-apiserver restart, a control
+// plane coming up) does not spend a shared 2-core machine's CPU on reads.
+const (
+	firstInterval = 10 * time.Millisecond
+	maxInterval   = 50 * time.Millisecond
+)
 
 // Until polls cond until it holds, failing tb with "gave up waiting until <what>" once
 // timeout has passed.
@@ -43,14 +48,14 @@ func UntilNil(tb testing.TB, timeout time.Duration, what string, f func() error)
 // errNotYet is Until's condition not holding, for wait, which only sees errors.
 var errNotYet = errors.New("not yet")
 
-// wait is the one polling loop: it calls f every interval until f returns nil, and
-// returns f's last error once timeout has passed. It takes tb only to mark itself a
+// wait is the one polling loop: it calls f, at the intervals above, until f returns
+// nil, and returns f's last error once timeout has passed. It takes tb only to mark itself a
 // helper: a failure inside an f that is a helper too is then reported at the line that
 // began the wait, not here.
 func wait(tb testing.TB, timeout time.Duration, f func() error) error {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
-	for {
+	for pause := firstInterval; ; pause = min(2*pause, maxInterval) {
 		err := f()
 		if err == nil {
 			return nil
@@ -58,6 +63,6 @@ func wait(tb testing.TB, timeout time.Duration, f func() error) error {
 		if time.Now().After(deadline) {
 			return err
 		}
-		time.Sleep(interval)
+		time.Sleep(pause)
 	}
 }
